@@ -1,0 +1,69 @@
+# watchnext — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOROVOD_VERSION := 0.28.1
+# Extra pip extras for the job stack, e.g. `make setup EXTRAS=dev,gpu` on GPU workers.
+EXTRAS ?= dev
+# Horovod build flags (../shared/STACK.md): TF + Gloo, no MPI/PyTorch/MXNet. GPU workers add
+# HOROVOD_GPU_OPERATIONS=NCCL via `make setup-gpu`.
+HOROVOD_FLAGS ?= HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+ARGS ?=
+
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: help setup setup-gpu run test test-fast lint bench quality clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24" "setuptools>=68,<81" wheel
+
+$(VENV)/.deps-stamp: $(PY) pyproject.toml
+	$(PIP) install --progress-bar off -e ".[$(EXTRAS)]"
+	@touch $@
+
+# Horovod 0.28.1 ships as an sdist and compiles against the installed TensorFlow, so it comes after
+# the job stack, without build isolation. TF 2.18's headers include highwayhash from include/external.
+$(VENV)/.horovod-stamp: $(VENV)/.deps-stamp
+	TF_INC=$$($(PY) -c "import tensorflow as tf; print(tf.sysconfig.get_include())" 2>/dev/null) && \
+	env $(HOROVOD_FLAGS) MAKEFLAGS=-j$$(nproc) CMAKE_POLICY_VERSION_MINIMUM=3.5 \
+	    CXXFLAGS="-I$$TF_INC/external/highwayhash" \
+	    $(PIP) install --progress-bar off --no-build-isolation "horovod==$(HOROVOD_VERSION)"
+	$(PY) -c "import horovod.tensorflow as hvd, horovod.spark; from horovod.common.util import gloo_built; assert gloo_built(), 'horovod built without Gloo'"
+	@touch $@
+
+setup: $(VENV)/.horovod-stamp ## Create .venv and install the whole job stack (Spark, Delta, TF, Horovod, MLflow)
+	@echo "watchnext installed in $(VENV)"
+
+setup-gpu: ## Same, on a GPU worker: TF with CUDA wheels, Horovod with NCCL
+	$(MAKE) setup EXTRAS=dev,gpu HOROVOD_FLAGS="$(HOROVOD_FLAGS) HOROVOD_GPU_OPERATIONS=NCCL"
+
+run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns)
+	$(VENV)/bin/watchnext run $(ARGS)
+
+test: setup ## Run every test (Spark, Delta, MLflow, Horovod for real)
+	$(VENV)/bin/pytest $(ARGS)
+
+test-fast: setup ## Tests without the slow / horovod markers
+	$(VENV)/bin/pytest -m "not slow and not horovod" $(ARGS)
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check lib jobs tests benchmarks airflow_dags
+
+quality: setup ## Quality report on ../shared/datasets/ml-latest-small
+	$(PY) benchmarks/quality.py $(ARGS)
+
+bench: setup ## Benchmarks (ratios measured side by side)
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+clean: ## Remove local tables, MLflow store and caches (keeps .venv)
+	rm -rf lakehouse mlruns spark-warehouse metastore_db derby.log .pytest_cache

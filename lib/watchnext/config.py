@@ -1,0 +1,328 @@
+"""Layered, typed configuration.
+
+Layers, later wins: ``conf/base.yaml`` -> ``conf/<env>.yaml`` (``local`` by default, or
+``$WATCHNEXT_ENV``) -> extra YAML files given with ``--config`` -> ``--conf key.path=value``
+overrides. Values may reference environment variables as ``${env:NAME}`` or ``${env:NAME:-default}``;
+that is the only way secrets enter the config (a literal value under a secret-looking key in a file is
+refused). The merged mapping is validated once into the typed :class:`Config`; an unknown key or a
+wrong type raises :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_VAR = "WATCHNEXT_ENV"
+CONF_DIR_VAR = "WATCHNEXT_CONF_DIR"
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|access_key)", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- spark
+class SparkConfig(_Strict):
+    app_name: str = "watchnext"
+    # None leaves the master to spark-submit (cluster runs); local runs set local[*].
+    master: str | None = "local[*]"
+    shuffle_partitions: int = Field(8, ge=1)
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    # "maven": Ivy resolves io.delta jars from Maven Central (configure_spark_with_delta_pip);
+    # "provided": the cluster already ships Delta on its classpath; nothing is resolved.
+    delta_jars: Literal["maven", "provided"] = "maven"
+    extra_packages: list[str] = Field(default_factory=list)
+    driver_memory: str | None = None
+    local_dir: str | None = None
+    ui_enabled: bool = False
+    conf: dict[str, str] = Field(default_factory=dict)  # any extra spark.* settings
+
+
+# ------------------------------------------------------------------------------------------- storage
+class StorageConfig(_Strict):
+    # Root under which every Delta table lives as <lakehouse>/<table>; a path or a URI (s3a://, abfss://).
+    lakehouse: str = "./lakehouse"
+    checkpoint_dir: str = "./lakehouse/_checkpoints"
+    cache_dir: str = "./data/cache"  # downloaded datasets
+
+
+# -------------------------------------------------------------------------------------------- mlflow
+class MlflowConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str | None = "./mlruns/artifacts"
+    registry_uri: str | None = None
+    experiment: str = "watchnext"
+
+
+# -------------------------------------------------------------------------------------------- ingest
+class ValidationConfig(_Strict):
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    # MovieLens-style integer ids; set false for opaque string ids.
+    numeric_ids: bool = True
+    # Duplicates of (user, item): keep the latest event (ties: the higher rating); the others go to
+    # rejects with reason "duplicate".
+    duplicate_rule: Literal["latest"] = "latest"
+    # Interactions with an item missing from the item metadata are rejected (when metadata exists).
+    require_known_items: bool = True
+    # Events later than run_date + this many days are rejected as "timestamp in the future".
+    max_future_days: int = Field(1, ge=0)
+    min_timestamp: dt.date = dt.date(1970, 1, 2)
+
+
+class MovieLensConfig(_Strict):
+    # A local folder of any supported layout (ml-100k, ml-1m, ml-latest(-small), ml-25m) ...
+    path: str | None = None
+    # ... or a dataset name to download from GroupLens (checksum-verified, cached under cache_dir).
+    name: str | None = None
+    base_url: str = "https://files.grouplens.org/datasets/movielens"
+    expected_md5: str | None = None  # default: the .md5 file GroupLens publishes beside each zip
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MovieLensConfig:
+        return self
+
+
+class GenericColumns(_Strict):
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: str | None = "rating"  # None: implicit events, every row weight 1.0 (summed per pair)
+    timestamp: str | None = "timestamp"
+
+
+class GenericItemColumns(_Strict):
+    item: str = "item_id"
+    title: str | None = "title"
+    genres: str | None = "genres"
+    tags: str | None = None
+
+
+class GenericConfig(_Strict):
+    path: str | None = None
+    format: Literal["csv", "parquet"] = "csv"
+    sep: str = ","
+    header: bool = True
+    encoding: str = "UTF-8"
+    columns: GenericColumns = Field(default_factory=GenericColumns)
+    # "epoch_seconds", "epoch_millis" or a Spark datetime pattern such as "yyyy-MM-dd HH:mm:ss"
+    timestamp_format: str = "epoch_seconds"
+    items_path: str | None = None
+    items_format: Literal["csv", "parquet"] = "csv"
+    item_columns: GenericItemColumns = Field(default_factory=GenericItemColumns)
+    genre_sep: str = "|"
+
+
+class SyntheticConfig(_Strict):
+    n_users: int = Field(2000, ge=1)
+    n_items: int = Field(1000, ge=2)
+    n_clusters: int = Field(8, ge=1)
+    mean_interactions_per_user: float = Field(40.0, gt=0)
+    # Share of a user's interactions drawn from their own cluster (the planted structure).
+    in_cluster_share: float = Field(0.8, ge=0, le=1)
+    popularity_exponent: float = Field(1.0, ge=0)  # Zipf exponent within a cluster
+    tags_per_item: int = Field(3, ge=0)
+    start_date: dt.date = dt.date(2024, 1, 1)
+    days: int = Field(365, ge=1)
+    partitions: int = Field(4, ge=1)
+    seed: int = 42
+
+
+class IngestConfig(_Strict):
+    source: Literal["synthetic", "movielens", "generic"] = "synthetic"
+    feedback: Literal["explicit", "implicit"] = "explicit"
+    movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
+    generic: GenericConfig = Field(default_factory=GenericConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @model_validator(mode="after")
+    def _source_is_configured(self) -> IngestConfig:
+        if self.source == "movielens" and not (self.movielens.path or self.movielens.name):
+            raise ValueError("ingest.source is 'movielens' but neither movielens.path nor movielens.name is set")
+        if self.source == "generic" and not self.generic.path:
+            raise ValueError("ingest.source is 'generic' but generic.path is not set")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- root
+class PipelineConfig(_Strict):
+    # Stages `watchnext run` executes, in order; each must be a known stage name.
+    stages: list[str] = Field(default_factory=lambda: ["ingest"])
+    seed: int = 42
+
+
+class Config(_Strict):
+    env: str = "local"
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError(f"invalid env name {v!r}")
+        return v
+
+    def table_path(self, name: str) -> str:
+        """Location of the Delta table ``name`` under the lakehouse root."""
+        return f"{self.storage.lakehouse.rstrip('/')}/{name}"
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as ``{"dotted.key": value}``, e.g. for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+# ----------------------------------------------------------------------------------------- loading
+def default_conf_dir() -> Path:
+    """``$WATCHNEXT_CONF_DIR``, else ``./conf``, else the ``conf/`` of the source checkout."""
+    if os.environ.get(CONF_DIR_VAR):
+        return Path(os.environ[CONF_DIR_VAR])
+    cwd = Path.cwd() / "conf"
+    if (cwd / "base.yaml").exists():
+        return cwd
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def load_config(
+    env: str | None = None,
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    conf_dir: str | Path | None = None,
+) -> Config:
+    """Merge the layers and validate them into a :class:`Config`."""
+    conf_dir = Path(conf_dir) if conf_dir else default_conf_dir()
+    env = env or os.environ.get(ENV_VAR) or "local"
+    base = conf_dir / "base.yaml"
+    if not base.exists():
+        raise ConfigError(f"config file not found: {base} (set {CONF_DIR_VAR} or run from the project root)")
+    merged: dict[str, Any] = {}
+    layer_files = [base, conf_dir / f"{env}.yaml", *map(Path, files)]
+    for i, path in enumerate(layer_files):
+        if i == 1 and not path.exists():
+            raise ConfigError(f"unknown env {env!r}: no {path}")
+        merged = _deep_merge(merged, _read_yaml(path))
+    merged["env"] = env
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(merged, key, value)
+    return validate_config(merged)
+
+
+def validate_config(data: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping, resolving ``${env:...}`` references first."""
+    resolved = _resolve_env(copy.deepcopy(dict(data)), ())
+    try:
+        return Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    _refuse_literal_secrets(data, (), path)
+    return data
+
+
+def _refuse_literal_secrets(node: Any, key: tuple[str, ...], path: Path) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refuse_literal_secrets(v, (*key, str(k)), path)
+    elif key and _SECRET_KEY.search(key[-1]) and isinstance(node, str) and node and not _ENV_REF.fullmatch(node):
+        raise ConfigError(
+            f"{path}: '{'.'.join(key)}' holds a literal secret; use ${{env:NAME}} and set it in the environment"
+        )
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.]+", key):
+        raise ConfigError(f"--conf expects key.path=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--conf {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_env(node: Any, key: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _resolve_env(v, (*key, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(v, key) for v in node]
+    if isinstance(node, str) and "${env:" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"config key '{'.'.join(key)}' needs environment variable {name}, which is not set")
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing") else ""
+        lines.append(f"config key '{loc}': {msg}{got}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}

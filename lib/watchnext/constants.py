@@ -1,0 +1,42 @@
+"""Column and table names shared by every stage.
+
+Functions take column names as keyword arguments defaulting to these constants, so a caller can map
+their own schema (the Microsoft Recommenders convention).
+"""
+
+from __future__ import annotations
+
+# Interactions
+COL_USER = "user_id"  # external user id, string
+COL_ITEM = "item_id"  # external item id, string
+COL_RATING = "rating"  # explicit rating or implicit weight, double
+COL_TIMESTAMP = "timestamp"  # event time, Spark TimestampType (UTC)
+COL_USER_IDX = "user_idx"  # stable int index (ALS needs int ids)
+COL_ITEM_IDX = "item_idx"
+COL_PREDICTION = "prediction"
+COL_SCORE = "score"
+COL_RANK = "rank"
+
+# Items
+COL_TITLE = "title"
+COL_YEAR = "year"
+COL_GENRES = "genres"  # array<string>
+COL_TAGS = "tags"  # array<string>
+
+# Lineage
+COL_RUN_DATE = "run_date"  # the scheduled date a row belongs to (DateType)
+COL_RUN_ID = "run_id"  # MLflow run id of the stage that wrote it
+COL_FIRST_SEEN = "first_seen"
+
+# Rejects
+COL_DATASET = "dataset"
+COL_REASON = "reason"
+COL_RECORD = "record"
+COL_CORRUPT = "_corrupt_record"
+
+# Delta tables (names under the lakehouse root)
+TABLE_INTERACTIONS = "interactions"
+TABLE_ITEMS = "items"
+TABLE_REJECTS = "rejects"
+TABLE_USER_INDEX = "user_index"
+TABLE_ITEM_INDEX = "item_index"

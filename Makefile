@@ -50,8 +50,9 @@ setup-gpu: ## Same, on a GPU worker: TF with CUDA wheels, Horovod with NCCL
 run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns)
 	$(VENV)/bin/watchnext run $(ARGS)
 
+# pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup ## Run every test (Spark, Delta, MLflow, Horovod for real)
-	$(VENV)/bin/pytest $(ARGS)
+	$(VENV)/bin/pytest $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-fast: setup ## Tests without the slow / horovod markers
 	$(VENV)/bin/pytest -m "not slow and not horovod" $(ARGS)

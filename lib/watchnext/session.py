@@ -102,6 +102,9 @@ def build_session(cfg: SparkConfig, checkpoint_dir: str | None = None, run_prefl
     """
     if run_preflight:
         preflight(check_delta=True)
+    if cfg.master and cfg.master.startswith("local"):
+        # Local Python workers must run this interpreter (the venv), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)

@@ -1,0 +1,410 @@
+"""Top-K ranking and beyond-accuracy metrics, computed with Spark aggregations.
+
+Per-user work stays in Spark (joins, windows, ``groupBy``); only one aggregate row per metric family
+comes back to the driver. Metric names are MLflow-safe (``precision_at_10``; MLflow rejects ``@``).
+
+Ranking metrics (``ranking_metrics``), for a user ``u`` with relevant set ``R_u`` (the user's
+held-out items; binary relevance) and top-K list ``L_u`` (ranks ``1..K``, possibly shorter than K),
+``hits = |L_u ∩ R_u|`` and ``rel_i = 1`` if the item at rank ``i`` is in ``R_u``:
+
+* ``precision_at_K = hits / K`` (K, not ``|L_u|``, so short lists are penalised);
+* ``recall_at_K = hits / |R_u|``;
+* ``ndcg_at_K = DCG / IDCG``, ``DCG = sum_i rel_i / log2(i + 1)``,
+  ``IDCG = sum_{i=1}^{min(K, |R_u|)} 1 / log2(i + 1)``;
+* ``map_at_K``: mean of ``AP@K = sum_i rel_i * P@i / |R_u|`` with ``P@i = (hits in ranks 1..i) / i``
+  (normalised by ``|R_u|``, the project's definition, not by ``min(K, |R_u|)``);
+* ``mrr_at_K``: ``1 / (rank of the first hit)``, 0 if no hit within K;
+* ``hit_rate_at_K``: 1 if ``hits > 0`` else 0.
+
+Each is averaged over the users of ``truth`` that have at least one relevant item; such a user with no
+recommendations scores 0 on all of them. Users who only appear in ``recs`` are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from watchnext.constants import (
+    COL_GENRES,
+    COL_ITEM_IDX,
+    COL_PREDICTION,
+    COL_RANK,
+    COL_RATING,
+    COL_SCORE,
+    COL_USER_IDX,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _require(df: DataFrame, cols: list[str], what: str) -> None:
+    for c in cols:
+        if c not in df.columns:
+            raise ValueError(f"{what} is missing column '{c}' (has {df.columns})")
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+
+
+def _float(value: object) -> float:
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+
+
+def top_k(
+    recs: DataFrame,
+    k: int,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rank: str = COL_RANK,
+    col_score: str = COL_SCORE,
+) -> DataFrame:
+    """Normalise recommendations to ``(user, item, rank)`` with ranks ``1..k`` per user.
+
+    Uses ``col_rank`` (ascending) when ``recs`` has it, else ``col_score`` (descending); ties go to the
+    smaller item. A duplicated (user, item) keeps its best position. Ranks are renumbered densely, so
+    gaps in the given ranks close up.
+    """
+    _check_k(k)
+    _require(recs, [col_user, col_item], "recs")
+    if col_rank in recs.columns:
+        best = F.min(col_rank).alias("_key")
+        order = F.col("_key").asc()
+    elif col_score in recs.columns:
+        best = F.max(col_score).alias("_key")
+        order = F.col("_key").desc()
+    else:
+        raise ValueError(f"recs needs a '{col_rank}' or a '{col_score}' column (has {recs.columns})")
+    w = Window.partitionBy(col_user).orderBy(order, F.col(col_item).asc())
+    return (
+        recs.groupBy(col_user, col_item)
+        .agg(best)
+        .withColumn(col_rank, F.row_number().over(w))
+        .filter(F.col(col_rank) <= k)
+        .select(col_user, col_item, col_rank)
+    )
+
+
+def _relevant(
+    truth: DataFrame,
+    col_user: str,
+    col_item: str,
+    col_rating: str,
+    relevance_threshold: float | None,
+) -> DataFrame:
+    _require(truth, [col_user, col_item], "truth")
+    if relevance_threshold is not None:
+        _require(truth, [col_rating], "truth")
+        truth = truth.filter(F.col(col_rating) >= relevance_threshold)
+    return truth.select(col_user, col_item).distinct()
+
+
+def ranking_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    k: int,
+    *,
+    relevance_threshold: float | None = None,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rank: str = COL_RANK,
+    col_score: str = COL_SCORE,
+    col_rating: str = COL_RATING,
+) -> dict[str, float]:
+    """Precision, recall, NDCG, MAP, MRR and hit rate at ``k`` (definitions in the module docstring).
+
+    ``recs`` is cut to its top ``k`` with :func:`top_k`. A ``truth`` row is relevant when
+    ``relevance_threshold`` is None, else when its rating is ``>= relevance_threshold``.
+    Raises ``ValueError`` if no user has a relevant item.
+    """
+    _check_k(k)
+    top = top_k(recs, k, col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
+    rel = _relevant(truth, col_user, col_item, col_rating, relevance_threshold)
+
+    n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
+    hits = top.join(rel, [col_user, col_item], "inner")
+    rank = F.col(col_rank).cast("double")
+    cum_hits = F.row_number().over(Window.partitionBy(col_user).orderBy(col_rank)).cast("double")
+    per_user_hits = (
+        hits.withColumn("_cum", cum_hits)
+        .groupBy(col_user)
+        .agg(
+            F.count(F.lit(1)).cast("double").alias("_hits"),
+            F.sum(1.0 / F.log2(rank + 1.0)).alias("_dcg"),
+            F.sum(F.col("_cum") / rank).alias("_ap_sum"),
+            F.min(rank).alias("_first"),
+        )
+    )
+    # IDCG depends only on min(K, |R_u|): a K-long lookup array of prefix sums.
+    idcg = [sum(1.0 / math.log2(i + 1) for i in range(1, j + 1)) for j in range(1, k + 1)]
+    idcg_at = F.element_at(F.array(*[F.lit(v) for v in idcg]), F.least(F.col("_n_rel"), F.lit(k)).cast("int"))
+    per_user = n_rel.join(per_user_hits, col_user, "left").fillna(0.0, subset=["_hits", "_dcg", "_ap_sum"])
+    n = F.col("_n_rel").cast("double")
+    names = {
+        f"precision_at_{k}": F.col("_hits") / float(k),
+        f"recall_at_{k}": F.col("_hits") / n,
+        f"ndcg_at_{k}": F.col("_dcg") / idcg_at,
+        f"map_at_{k}": F.col("_ap_sum") / n,
+        f"mrr_at_{k}": F.coalesce(1.0 / F.col("_first"), F.lit(0.0)),
+        f"hit_rate_at_{k}": (F.col("_hits") > 0).cast("double"),
+    }
+    row = per_user.agg(
+        F.count(F.lit(1)).alias("_users"), *[F.avg(expr).alias(name) for name, expr in names.items()]
+    ).first()
+    if not row["_users"]:
+        raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
+    log.info("ranking metrics at %d over %d users", k, row["_users"])
+    return {name: float(row[name]) for name in names}
+
+
+def catalog_coverage(recs: DataFrame, n_items: int, *, col_item: str = COL_ITEM_IDX) -> float:
+    """Share of the catalog recommended to anyone: ``|distinct items in recs| / n_items``."""
+    _require(recs, [col_item], "recs")
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    n = recs.agg(F.countDistinct(col_item).alias("n")).first()["n"]
+    return float(n) / float(n_items)
+
+
+def novelty(
+    recs: DataFrame,
+    train: DataFrame,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+) -> float:
+    """Mean self-information of the recommended items.
+
+    ``pop(i) = |distinct train users with i| / |distinct train users|``; novelty is the mean of
+    ``-log2 pop(i)`` over the rows of ``recs`` (one row = one list slot). Rows whose item is not in
+    train (undefined self-information) are left out and counted in the log.
+    """
+    _require(recs, [col_item], "recs")
+    _require(train, [col_user, col_item], "train")
+    pairs = train.select(col_user, col_item).distinct()
+    pop = pairs.groupBy(col_item).agg(F.count(F.lit(1)).cast("double").alias("_u"))
+    n_users = train.agg(F.countDistinct(col_user).cast("double").alias("_n"))
+    info = -F.log2(F.col("_u") / F.col("_n"))
+    row = (
+        recs.select(col_item)
+        .join(pop, col_item, "left")
+        .crossJoin(n_users)
+        .agg(F.avg(info).alias("novelty"), F.count(F.when(F.col("_u").isNull(), 1)).alias("unknown"))
+        .first()
+    )
+    if row["unknown"]:
+        log.info("novelty: %d recommendation rows have an item not in train; left out", row["unknown"])
+    return _float(row["novelty"])
+
+
+def intra_list_diversity(
+    recs: DataFrame,
+    item_features: DataFrame,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_features: str = COL_GENRES,
+) -> float:
+    """Mean over users of the mean pairwise dissimilarity within the user's list.
+
+    ``item_features`` has one row per item. If ``col_features`` is an array (e.g. genres), the
+    dissimilarity of items a, b is ``1 - |A ∩ B| / |A ∪ B|`` (Jaccard on the sets; two empty or null
+    sets count as similarity 0, dissimilarity 1); otherwise (e.g. a cluster id) it is 1 when the
+    values differ and 0 when equal, so ILD is the share of pairs in different clusters, and pairs with
+    a null value are left out. Items without a features row are left out; users with fewer than two
+    remaining items do not count. Returns NaN when no user has a pair.
+    """
+    _require(recs, [col_user, col_item], "recs")
+    _require(item_features, [col_item, col_features], "item_features")
+    ftype = item_features.schema[col_features].dataType
+    feats = item_features.select(col_item, F.col(col_features).alias("_f"))
+    if isinstance(ftype, T.ArrayType):
+        feats = feats.withColumn("_f", F.coalesce(F.col("_f"), F.array().cast(ftype)))
+    lists = recs.select(col_user, col_item).distinct().join(feats, col_item, "inner")
+    a = lists.select(F.col(col_user).alias("_u"), F.col(col_item).alias("_ia"), F.col("_f").alias("_fa"))
+    b = lists.select(F.col(col_user).alias("_u"), F.col(col_item).alias("_ib"), F.col("_f").alias("_fb"))
+    pairs = a.join(b, "_u").filter(F.col("_ia") < F.col("_ib"))
+    dissim: Column
+    if isinstance(ftype, T.ArrayType):
+        union = F.size(F.array_union("_fa", "_fb"))
+        inter = F.size(F.array_intersect("_fa", "_fb"))
+        dissim = F.when(union == 0, F.lit(1.0)).otherwise(1.0 - inter.cast("double") / union)
+    else:
+        dissim = (F.col("_fa") != F.col("_fb")).cast("double")
+    per_user = pairs.groupBy("_u").agg(F.avg(dissim).alias("_ild"))
+    return _float(per_user.agg(F.avg("_ild").alias("ild")).first()["ild"])
+
+
+def popularity_bias(
+    recs: DataFrame,
+    train: DataFrame,
+    *,
+    n_items: int | None = None,
+    head_share: float = 0.8,
+    col_item: str = COL_ITEM_IDX,
+) -> dict[str, float]:
+    """Exposure inequality and long-tail share of the recommendations.
+
+    ``exposure_gini``: Gini coefficient of item exposure (number of ``recs`` rows per item) over the
+    catalog of ``n_items`` items (default: distinct items of train ∪ recs), never-recommended items
+    counting 0: with exposures sorted ascending ``x_1 <= ... <= x_n``,
+    ``G = sum_i (2i - n - 1) x_i / (n * sum_i x_i)`` (0 = equal exposure, (n-1)/n = one item only).
+
+    ``long_tail_share``: share of ``recs`` rows whose item is outside the head, where the head is the
+    shortest prefix of train items sorted by interaction count (rows) descending, ties by item
+    ascending, that holds at least ``head_share`` of train interactions (an item is in the head iff
+    the interactions of the items before it are ``< head_share * total``). Items absent from train
+    are long tail.
+    """
+    _require(recs, [col_item], "recs")
+    _require(train, [col_item], "train")
+    if not 0.0 < head_share <= 1.0:
+        raise ValueError(f"head_share must be in (0, 1], got {head_share}")
+    if n_items is not None and n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    exposure = recs.groupBy(col_item).agg(F.count(F.lit(1)).alias("_x"))
+    if n_items is None:
+        catalog = (
+            train.select(col_item).union(recs.select(col_item)).agg(F.countDistinct(col_item).alias("_n"))
+        )
+    else:
+        catalog = recs.sparkSession.range(1).select(F.lit(n_items).cast("long").alias("_n"))
+    # Gini over groups of equal exposure (a tiny frame: one row per distinct exposure value). A group
+    # of c items with value x at sorted positions a+1..a+c adds x * c * (2a + c - n) to the numerator,
+    # where a = (n - m) + (items with smaller exposure) and m = number of recommended items.
+    hist = exposure.groupBy("_x").agg(F.count(F.lit(1)).alias("_c"))
+    before = Window.orderBy("_x").rowsBetween(Window.unboundedPreceding, -1)
+    hist = hist.withColumn("_b", F.coalesce(F.sum("_c").over(before), F.lit(0)))
+    x, c, n = (F.col(name).cast("double") for name in ("_x", "_c", "_n"))
+    m = F.sum("_c").over(Window.partitionBy())
+    a = n - m + F.col("_b")
+    row = (
+        hist.crossJoin(catalog)
+        .withColumn("_term", x * c * (2.0 * a + c - n))
+        .withColumn("_m", m)
+        .agg(
+            F.sum("_term").alias("num"),
+            F.sum(x * c).alias("total"),
+            F.first("_n").alias("n"),
+            F.first("_m").alias("m"),
+        )
+        .first()
+    )
+    if row["total"] is None:
+        gini = float("nan")
+    else:
+        if row["m"] > row["n"]:
+            raise ValueError(f"n_items={row['n']} is smaller than the {row['m']} distinct recommended items")
+        gini = float(row["num"]) / (float(row["n"]) * float(row["total"]))
+
+    # Un-partitioned windows (here and for the Gini histogram) run on one partition; they see one row
+    # per item or per exposure value, never per user or interaction.
+    pop = train.groupBy(col_item).agg(F.count(F.lit(1)).alias("_p"))
+    order = Window.orderBy(F.col("_p").desc(), F.col(col_item).asc())
+    order = order.rowsBetween(Window.unboundedPreceding, -1)
+    head = (
+        pop.withColumn("_before", F.coalesce(F.sum("_p").over(order), F.lit(0)).cast("double"))
+        .withColumn("_total", F.sum("_p").over(Window.partitionBy()).cast("double"))
+        .filter(F.col("_before") < F.lit(float(head_share)) * F.col("_total"))
+        .select(col_item, F.lit(True).alias("_head"))
+    )
+    tail = (
+        recs.select(col_item)
+        .join(head, col_item, "left")
+        .agg(F.avg(F.when(F.col("_head").isNull(), 1.0).otherwise(0.0)).alias("share"))
+    )
+    return {"exposure_gini": gini, "long_tail_share": _float(tail.first()["share"])}
+
+
+def rmse_mae(
+    predictions: DataFrame,
+    truth: DataFrame,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_prediction: str = COL_PREDICTION,
+    col_rating: str = COL_RATING,
+) -> dict[str, float]:
+    """RMSE and MAE of explicit predictions over the truth pairs that have a (non-null, non-NaN) one.
+
+    ``rmse = sqrt(mean((prediction - rating)^2))``, ``mae = mean(|prediction - rating|)``; ``predictions``
+    has one row per (user, item). Truth pairs without a usable prediction (e.g. ALS cold start) are
+    left out and counted in the log. Raises ``ValueError`` when no pair is left.
+    """
+    _require(predictions, [col_user, col_item, col_prediction], "predictions")
+    _require(truth, [col_user, col_item, col_rating], "truth")
+    pred = F.col(col_prediction).cast("double")
+    joined = truth.select(col_user, col_item, F.col(col_rating).cast("double").alias("_r")).join(
+        predictions.select(col_user, col_item, pred.alias("_p")), [col_user, col_item], "left"
+    )
+    usable = F.col("_p").isNotNull() & ~F.isnan("_p")
+    err = F.when(usable, F.col("_p") - F.col("_r"))
+    row = joined.agg(
+        F.sqrt(F.avg(err * err)).alias("rmse"),
+        F.avg(F.abs(err)).alias("mae"),
+        F.count(err).alias("n"),
+        F.count(F.lit(1)).alias("total"),
+    ).first()
+    if not row["n"]:
+        raise ValueError("no truth pair has a prediction; RMSE/MAE are undefined")
+    if row["n"] < row["total"]:
+        missing = row["total"] - row["n"]
+        log.info("rmse_mae: %d of %d truth pairs have no usable prediction", missing, row["total"])
+    return {"rmse": float(row["rmse"]), "mae": float(row["mae"])}
+
+
+def evaluate_all(
+    recs: DataFrame,
+    truth: DataFrame,
+    k: int,
+    *,
+    train: DataFrame | None = None,
+    n_items: int | None = None,
+    item_features: DataFrame | None = None,
+    relevance_threshold: float | None = None,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rank: str = COL_RANK,
+    col_score: str = COL_SCORE,
+    col_rating: str = COL_RATING,
+    col_features: str = COL_GENRES,
+) -> dict[str, float]:
+    """Ranking metrics plus the beyond-accuracy metrics the inputs allow, all on the top ``k``.
+
+    Adds ``catalog_coverage_at_K`` (when ``n_items`` is given, or ``train`` to count its items),
+    ``novelty_at_K``, ``exposure_gini_at_K`` and ``long_tail_share_at_K`` (when ``train`` is given),
+    ``ild_at_K`` (when ``item_features`` is given).
+    """
+    cols = {"col_user": col_user, "col_item": col_item}
+    out = ranking_metrics(
+        recs,
+        truth,
+        k,
+        relevance_threshold=relevance_threshold,
+        col_rank=col_rank,
+        col_score=col_score,
+        col_rating=col_rating,
+        **cols,
+    )
+    top = top_k(recs, k, col_rank=col_rank, col_score=col_score, **cols)
+    n_catalog = n_items
+    if n_catalog is None and train is not None:
+        n_catalog = int(train.agg(F.countDistinct(col_item).alias("n")).first()["n"])
+    if n_catalog:
+        out[f"catalog_coverage_at_{k}"] = catalog_coverage(top, n_catalog, col_item=col_item)
+    if train is not None:
+        out[f"novelty_at_{k}"] = novelty(top, train, **cols)
+        # A given n_items is the catalog; otherwise popularity_bias counts train ∪ recs items.
+        bias = popularity_bias(top, train, n_items=n_items, col_item=col_item)
+        out[f"exposure_gini_at_{k}"] = bias["exposure_gini"]
+        out[f"long_tail_share_at_{k}"] = bias["long_tail_share"]
+    if item_features is not None:
+        out[f"ild_at_{k}"] = intra_list_diversity(top, item_features, col_features=col_features, **cols)
+    return out

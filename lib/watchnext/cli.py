@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchnext.ingest.synthetic import generate, write_csv
 
         data = generate(spark, cfg.ingest.synthetic)
-        write_csv(data, args.out)
+        # Plain files for local folders (the MovieLens reader's layout); part-file folders on URIs.
+        write_csv(data, args.out, single_file="://" not in args.out)
         result: dict[str, Any] = {"generate": {"out": args.out}}
     elif args.command == "run":
         stages = args.stages.split(",") if args.stages else None

@@ -35,6 +35,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         conf={
             "spark.sql.warehouse.dir": str(tmp / "warehouse"),
             "spark.default.parallelism": "4",
+            "spark.ui.showConsoleProgress": "false",
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp}",
             # Small Delta commits in tests: skip the per-commit stats collection overhead we don't read.
             "spark.databricks.delta.snapshotPartitions": "2",

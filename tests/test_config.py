@@ -12,7 +12,9 @@ from watchnext.session import PreflightError, preflight
 def test_layers_merge_in_order(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yaml"
     extra.write_text("spark:\n  shuffle_partitions: 3\ningest:\n  synthetic:\n    n_users: 7\n")
-    cfg = load_config(env="local", files=[extra], overrides=["ingest.synthetic.n_users=9", "spark.log_level=ERROR"])
+    cfg = load_config(
+        env="local", files=[extra], overrides=["ingest.synthetic.n_users=9", "spark.log_level=ERROR"]
+    )
     assert isinstance(cfg, Config)
     assert cfg.spark.master == "local[*]"  # local.yaml
     assert cfg.spark.shuffle_partitions == 3  # extra file beats local.yaml
@@ -79,9 +81,9 @@ def test_flat_has_every_leaf() -> None:
     flat = load_config(overrides=["ingest.synthetic.start_date=2020-02-03"]).flat()
     assert flat["spark.master"] == "local[*]"
     assert flat["ingest.synthetic.start_date"] == "2020-02-03"
-    assert load_config(overrides=["ingest.synthetic.start_date=2020-02-03"]).ingest.synthetic.start_date == dt.date(
-        2020, 2, 3
-    )
+    assert load_config(
+        overrides=["ingest.synthetic.start_date=2020-02-03"]
+    ).ingest.synthetic.start_date == dt.date(2020, 2, 3)
 
 
 def test_preflight_messages() -> None:

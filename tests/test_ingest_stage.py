@@ -11,7 +11,13 @@ from pyspark.testing import assertDataFrameEqual
 
 from watchnext import pipeline, tables
 from watchnext.config import Config
-from watchnext.constants import TABLE_INTERACTIONS, TABLE_ITEM_INDEX, TABLE_ITEMS, TABLE_REJECTS, TABLE_USER_INDEX
+from watchnext.constants import (
+    TABLE_INTERACTIONS,
+    TABLE_ITEM_INDEX,
+    TABLE_ITEMS,
+    TABLE_REJECTS,
+    TABLE_USER_INDEX,
+)
 from watchnext.ingest.raw import RAW_INTERACTIONS_SCHEMA, RAW_ITEMS_SCHEMA, RawSource
 from watchnext.stages import ingest
 
@@ -28,9 +34,7 @@ def _source(spark: SparkSession, ratings: list[tuple], items: list[tuple]) -> Ra
         interactions=spark.createDataFrame(
             [(u, i, r, str(T0 + k), None) for k, (u, i, r) in enumerate(ratings)], RAW_INTERACTIONS_SCHEMA
         ),
-        items=spark.createDataFrame(
-            [(i, t, None, g, [], None) for i, t, g in items], RAW_ITEMS_SCHEMA
-        ),
+        items=spark.createDataFrame([(i, t, None, g, [], None) for i, t, g in items], RAW_ITEMS_SCHEMA),
     )
 
 
@@ -89,11 +93,15 @@ def test_rerun_of_a_date_is_identical_and_leaves_other_dates(spark: SparkSession
     assert summary["rows_read"] == 4 and summary["interactions_written"] == 3
     # the re-run was one more commit on each table, not a rewrite of day 2
     assert tables.read_run_date(spark, path, D2).count() == 2
-    items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), D1).select("item_id", "item_idx", "title", "year")
+    items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), D1).select(
+        "item_id", "item_idx", "title", "year"
+    )
     assertDataFrameEqual(
         items,
-        spark.createDataFrame([("10", 0, "Heat (1995)", 1995), ("20", 1, "Up (2009)", 2009)],
-                              "item_id string, item_idx int, title string, year int"),
+        spark.createDataFrame(
+            [("10", 0, "Heat (1995)", 1995), ("20", 1, "Up (2009)", 2009)],
+            "item_id string, item_idx int, title string, year int",
+        ),
     )
 
 
@@ -108,7 +116,8 @@ def test_pipeline_logs_parent_and_child_runs(spark: SparkSession, cfg: Config, r
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.params["ingest.source"] == "synthetic"
     assert child.data.metrics["rows_read"] == results["ingest"]["rows_read"] > 0
-    assert child.data.metrics["interactions_written"] == tables.read(
-        spark, cfg.table_path(TABLE_INTERACTIONS)
-    ).count()
+    assert (
+        child.data.metrics["interactions_written"]
+        == tables.read(spark, cfg.table_path(TABLE_INTERACTIONS)).count()
+    )
     assert child.data.metrics["rows_rejected"] == results["ingest"]["rows_rejected"]

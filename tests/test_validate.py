@@ -26,7 +26,7 @@ T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 
 
 def ts(epoch: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).replace(tzinfo=None)
 
 
 def rec(u, i, r, t) -> str:
@@ -78,18 +78,30 @@ def test_interactions_bad_rows_land_in_rejects_with_reasons(spark: SparkSession)
             ("interactions", "duplicate (user_id, item_id)", rec("3", "10", "2.0", str(T0)), RUN),
             ("interactions", "malformed line", "1,2,3,4,5,6", RUN),
             ("interactions", "missing user_id", rec("", "10", "4.0", str(T0)), RUN),
-            ("interactions", "missing item_id", json.dumps(
-                {"user_id": "4", "rating": "4.0", "timestamp": str(T0)}, separators=(",", ":")), RUN),
+            (
+                "interactions",
+                "missing item_id",
+                json.dumps({"user_id": "4", "rating": "4.0", "timestamp": str(T0)}, separators=(",", ":")),
+                RUN,
+            ),
             ("interactions", "non-numeric user_id", rec("u5", "10", "4.0", str(T0)), RUN),
             ("interactions", "non-numeric item_id", rec("5", "x10", "4.0", str(T0)), RUN),
             ("interactions", "user_id out of range", rec("99999999999999999999", "10", "4.0", str(T0)), RUN),
-            ("interactions", "missing rating", json.dumps(
-                {"user_id": "6", "item_id": "10", "timestamp": str(T0)}, separators=(",", ":")), RUN),
+            (
+                "interactions",
+                "missing rating",
+                json.dumps({"user_id": "6", "item_id": "10", "timestamp": str(T0)}, separators=(",", ":")),
+                RUN,
+            ),
             ("interactions", "rating not a number", rec("7", "10", "four", str(T0)), RUN),
             ("interactions", "rating is NaN", rec("8", "10", "NaN", str(T0)), RUN),
             ("interactions", "rating out of range [0.5, 5]", rec("9", "10", "7.5", str(T0)), RUN),
-            ("interactions", "missing timestamp", json.dumps(
-                {"user_id": "10", "item_id": "10", "rating": "4.0"}, separators=(",", ":")), RUN),
+            (
+                "interactions",
+                "missing timestamp",
+                json.dumps({"user_id": "10", "item_id": "10", "rating": "4.0"}, separators=(",", ":")),
+                RUN,
+            ),
             ("interactions", "unparseable timestamp", rec("11", "10", "4.0", "yesterday"), RUN),
             ("interactions", "timestamp too old", rec("12", "10", "4.0", "0"), RUN),
             ("interactions", "timestamp in the future", rec("13", "10", "4.0", "2000000000"), RUN),
@@ -115,9 +127,7 @@ def test_implicit_events_are_summed_not_rejected(spark: SparkSession) -> None:
     )
     assertDataFrameEqual(
         out.valid,
-        spark.createDataFrame(
-            [("1", "10", 2.0, ts(T0 + 5)), ("1", "11", 2.5, ts(T0))], INTERACTIONS_SCHEMA
-        ),
+        spark.createDataFrame([("1", "10", 2.0, ts(T0 + 5)), ("1", "11", 2.5, ts(T0))], INTERACTIONS_SCHEMA),
     )
     assertDataFrameEqual(
         out.rejects,

@@ -136,7 +136,7 @@ class SyntheticConfig(_Strict):
     in_cluster_share: float = Field(0.8, ge=0, le=1)
     popularity_exponent: float = Field(1.0, ge=0)  # Zipf exponent within a cluster
     tags_per_item: int = Field(3, ge=0)
-    start_date: dt.date = dt.date(2024, 1, 1)
+    start_date: dt.date = dt.date(2023, 1, 1)
     days: int = Field(365, ge=1)
     partitions: int = Field(4, ge=1)
     seed: int = 42
@@ -153,10 +153,93 @@ class IngestConfig(_Strict):
     @model_validator(mode="after")
     def _source_is_configured(self) -> IngestConfig:
         if self.source == "movielens" and not (self.movielens.path or self.movielens.name):
-            raise ValueError("ingest.source is 'movielens' but neither movielens.path nor movielens.name is set")
+            raise ValueError(
+                "ingest.source is 'movielens' but neither movielens.path nor movielens.name is set"
+            )
         if self.source == "generic" and not self.generic.path:
             raise ValueError("ingest.source is 'generic' but generic.path is not set")
         return self
+
+
+# ----------------------------------------------------------------------------------------------- als
+class IntRange(_Strict):
+    """An integer search dimension: ``[low, high]`` (log-uniform when ``log``); ``values`` for grid."""
+
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+    log: bool = False
+    values: list[int] | None = None  # grid points; default: low, (geometric) mid, high
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        return self
+
+
+class FloatRange(_Strict):
+    """A real search dimension: ``[low, high]`` (log-uniform when ``log``); ``values`` for grid."""
+
+    low: float = Field(ge=0)
+    high: float = Field(ge=0)
+    log: bool = False
+    values: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class AlsSearchSpace(_Strict):
+    # Defaults: the region where implicit ALS does best on ml-latest-small (benchmarks/quality_als.py).
+    rank: IntRange = Field(default_factory=lambda: IntRange(low=32, high=200, log=True))
+    reg_param: FloatRange = Field(default_factory=lambda: FloatRange(low=0.01, high=10.0, log=True))
+    alpha: FloatRange = Field(default_factory=lambda: FloatRange(low=1.0, high=50.0, log=True))
+    max_iter: IntRange = Field(default_factory=lambda: IntRange(low=10, high=20))
+
+
+class AlsTuningConfig(_Strict):
+    enabled: bool = True
+    method: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: int = Field(20, ge=1)
+    # Share of each user's training items held out (stratified_split) to score the trials on.
+    validation_ratio: float = Field(0.25, gt=0, lt=1)
+    metric: str = "ndcg_at_10"  # a ranking_metrics name; K is taken from its suffix
+    seed: int = 43  # of the sampler and the validation split (differs from the test split's 42)
+    space: AlsSearchSpace = Field(default_factory=AlsSearchSpace)
+
+    @field_validator("metric")
+    @classmethod
+    def _ranking_metric(cls, v: str) -> str:
+        if not re.fullmatch(r"(precision|recall|ndcg|map|mrr|hit_rate)_at_[1-9][0-9]*", v):
+            raise ValueError(f"metric must be a ranking metric such as 'ndcg_at_10', got {v!r}")
+        return v
+
+
+class AlsConfig(_Strict):
+    implicit_prefs: bool = True
+    # implicit: how a rating becomes Spark's implicit value x (confidence 1 + alpha*|x|):
+    # binary (x = 1), rating (x = r), log (x = log1p r), centered (x = r - rating_threshold).
+    confidence: Literal["binary", "rating", "log", "centered"] = "binary"
+    rating_threshold: float = 3.0
+    rank: int = Field(128, ge=1)
+    reg_param: float = Field(1.0, ge=0)
+    alpha: float = Field(10.0, ge=0)
+    max_iter: int = Field(15, ge=1)
+    nonnegative: bool = False
+    checkpoint_interval: int = Field(10, ge=-1)
+    num_blocks: int | None = Field(None, ge=1)  # None: sized from the rating count and parallelism
+    seed: int = 42
+    k: int = Field(10, ge=1)  # length of the recommendation lists
+    # Biased explicit model: regularisation of the user and item biases, and alternating sweeps.
+    bias_reg_user: float = Field(10.0, ge=0)
+    bias_reg_item: float = Field(10.0, ge=0)
+    bias_iters: int = Field(5, ge=1)
+    tuning: AlsTuningConfig = Field(default_factory=AlsTuningConfig)
 
 
 # ---------------------------------------------------------------------------------------------- root
@@ -172,6 +255,7 @@ class Config(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    als: AlsConfig = Field(default_factory=AlsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @field_validator("env")
@@ -252,9 +336,16 @@ def _refuse_literal_secrets(node: Any, key: tuple[str, ...], path: Path) -> None
     if isinstance(node, dict):
         for k, v in node.items():
             _refuse_literal_secrets(v, (*key, str(k)), path)
-    elif key and _SECRET_KEY.search(key[-1]) and isinstance(node, str) and node and not _ENV_REF.fullmatch(node):
+    elif (
+        key
+        and _SECRET_KEY.search(key[-1])
+        and isinstance(node, str)
+        and node
+        and not _ENV_REF.fullmatch(node)
+    ):
         raise ConfigError(
-            f"{path}: '{'.'.join(key)}' holds a literal secret; use ${{env:NAME}} and set it in the environment"
+            f"{path}: '{'.'.join(key)}' holds a literal secret; "
+            "use ${env:NAME} and set it in the environment"
         )
 
 
@@ -301,7 +392,9 @@ def _resolve_env(node: Any, key: tuple[str, ...]) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"config key '{'.'.join(key)}' needs environment variable {name}, which is not set")
+            raise ConfigError(
+                f"config key '{'.'.join(key)}' needs environment variable {name}, which is not set"
+            )
 
         return _ENV_REF.sub(sub, node)
     return node

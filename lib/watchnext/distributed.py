@@ -20,8 +20,12 @@ def allreduce_probe() -> tuple[int, int, float, list[float]]:
     return hvd.rank(), hvd.size(), float(total.numpy()[0]), [float(x) for x in gathered.numpy()]
 
 
-def horovod_selfcheck(num_proc: int = 2, start_timeout: int = 120) -> list[tuple[int, int, float, list[float]]]:
+def horovod_selfcheck(
+    num_proc: int = 2, start_timeout: int = 120
+) -> list[tuple[int, int, float, list[float]]]:
     """Launch ``num_proc`` Horovod ranks as Spark tasks (active session) and run :func:`allreduce_probe`."""
     import horovod.spark
 
-    return horovod.spark.run(allreduce_probe, num_proc=num_proc, use_gloo=True, start_timeout=start_timeout, verbose=0)
+    return horovod.spark.run(
+        allreduce_probe, num_proc=num_proc, use_gloo=True, start_timeout=start_timeout, verbose=0
+    )

@@ -77,7 +77,9 @@ def preflight(
         if delta_version:
             sparks = DELTA_SPARK_COMPAT.get(_minor(delta_version))
             if sparks is None:
-                problems.append(f"delta-spark {delta_version} is not a release this project knows; pin 4.4.x.")
+                problems.append(
+                    f"delta-spark {delta_version} is not a release this project knows; pin 4.4.x."
+                )
             elif _minor(spark_version) not in sparks:
                 problems.append(
                     f"pyspark {spark_version} does not fit delta-spark {delta_version} (built for Spark "
@@ -93,7 +95,9 @@ def preflight(
         raise PreflightError("watchnext preflight failed:\n  - " + "\n  - ".join(problems))
 
 
-def build_session(cfg: SparkConfig, checkpoint_dir: str | None = None, run_preflight: bool = True) -> SparkSession:
+def build_session(
+    cfg: SparkConfig, checkpoint_dir: str | None = None, run_preflight: bool = True
+) -> SparkSession:
     """Create (or return the active) SparkSession with Delta configured from ``cfg``.
 
     ``cfg.delta_jars == "maven"`` resolves Delta's jars through Ivy from Maven Central via

@@ -39,7 +39,9 @@ def new_index_rows(
     existing: DataFrame | None, ids: DataFrame, *, id_col: str, idx_col: str, run_date: dt.date
 ) -> DataFrame:
     """Rows to add to the index for ids not in ``existing`` (pure; no IO)."""
-    candidates = ids.select(F.col(id_col).cast("string").alias(id_col)).where(F.col(id_col).isNotNull()).distinct()
+    candidates = (
+        ids.select(F.col(id_col).cast("string").alias(id_col)).where(F.col(id_col).isNotNull()).distinct()
+    )
     if existing is not None:
         candidates = candidates.join(existing.select(id_col), on=id_col, how="left_anti")
         start = existing.agg(F.coalesce(F.max(idx_col), F.lit(-1))).first()[0] + 1
@@ -66,7 +68,9 @@ def update_index(
         stats = rows.agg(F.count("*"), F.max(idx_col)).first()
         added, top = int(stats[0]), stats[1]
         if top is not None and top > MAX_INDEX:
-            raise OverflowError(f"{idx_col} would exceed {MAX_INDEX}: too many distinct {id_col}s for int ids")
+            raise OverflowError(
+                f"{idx_col} would exceed {MAX_INDEX}: too many distinct {id_col}s for int ids"
+            )
         typed = spark.createDataFrame(rows.rdd, index_schema(id_col, idx_col)) if existing is None else rows
         if existing is None:
             tables.overwrite(typed, path)

@@ -50,6 +50,7 @@ RAW_ITEMS_SCHEMA = T.StructType(
 # Timestamp formats a reader can declare: epoch seconds, epoch milliseconds, or a Spark datetime pattern.
 EPOCH_SECONDS = "epoch_seconds"
 EPOCH_MILLIS = "epoch_millis"
+NO_TIMESTAMP = "none"  # a source without event times
 
 
 @dataclass(frozen=True)

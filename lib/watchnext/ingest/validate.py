@@ -54,9 +54,7 @@ from watchnext.constants import (
     COL_USER,
     COL_YEAR,
 )
-from watchnext.ingest.raw import EPOCH_MILLIS, EPOCH_SECONDS
-
-NO_TIMESTAMP = "none"  # timestamp_format of a source without event times
+from watchnext.ingest.raw import EPOCH_MILLIS, EPOCH_SECONDS, NO_TIMESTAMP
 
 REJECTS_SCHEMA = T.StructType(
     [
@@ -247,7 +245,9 @@ def validate_interactions(
     valid = valid.select(
         F.col(COL_USER), F.col(COL_ITEM), F.col(COL_RATING).cast("double"), F.col(COL_TIMESTAMP)
     )
-    return Validated(valid=_with_schema(valid, INTERACTIONS_SCHEMA), rejects=_with_schema(rejects, REJECTS_SCHEMA))
+    return Validated(
+        valid=_with_schema(valid, INTERACTIONS_SCHEMA), rejects=_with_schema(rejects, REJECTS_SCHEMA)
+    )
 
 
 def validate_items(
@@ -275,9 +275,7 @@ def validate_items(
     )
     title = F.trim(F.col(COL_TITLE))
     year_from_title = F.regexp_extract(title, r"\((\d{4})\)\s*$", 1)
-    year = F.coalesce(
-        F.col(COL_YEAR), F.when(year_from_title != "", year_from_title.cast("int"))
-    )
+    year = F.coalesce(F.col(COL_YEAR), F.when(year_from_title != "", year_from_title.cast("int")))
     clean_arr = lambda c: F.coalesce(  # noqa: E731
         F.filter(F.col(c), lambda x: x.isNotNull() & (F.trim(x) != "")), F.array().cast("array<string>")
     )

@@ -59,7 +59,9 @@ def read_source(spark: SparkSession, cfg: Config) -> RawSource:
     raise ValueError(f"unknown ingest.source {src!r}")
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, source: RawSource | None = None) -> dict[str, Any]:
+def run(
+    spark: SparkSession, cfg: Config, run_date: dt.date, source: RawSource | None = None
+) -> dict[str, Any]:
     """Run ingest for ``run_date``; returns the summary (also logged to the active MLflow run)."""
     t0 = time.perf_counter()
     source = source or read_source(spark, cfg)
@@ -95,12 +97,20 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, source: RawSource |
 
     try:
         users_index, new_users = update_index(
-            spark, cfg.table_path(TABLE_USER_INDEX), valid.select(COL_USER),
-            id_col=COL_USER, idx_col=COL_USER_IDX, run_date=run_date,
+            spark,
+            cfg.table_path(TABLE_USER_INDEX),
+            valid.select(COL_USER),
+            id_col=COL_USER,
+            idx_col=COL_USER_IDX,
+            run_date=run_date,
         )
         items_index, new_items = update_index(
-            spark, cfg.table_path(TABLE_ITEM_INDEX), items.select(COL_ITEM),
-            id_col=COL_ITEM, idx_col=COL_ITEM_IDX, run_date=run_date,
+            spark,
+            cfg.table_path(TABLE_ITEM_INDEX),
+            items.select(COL_ITEM),
+            id_col=COL_ITEM,
+            idx_col=COL_ITEM_IDX,
+            run_date=run_date,
         )
         items_out = attach_index(items, items_index, COL_ITEM, COL_ITEM_IDX).withColumn(
             COL_RUN_DATE, F.lit(run_date)
@@ -116,7 +126,9 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, source: RawSource |
         tables.overwrite_run_date(interactions_out, cfg.table_path(TABLE_INTERACTIONS), run_date, note)
 
         counts = valid.agg(
-            F.count("*").alias("n"), F.countDistinct(COL_USER).alias("u"), F.countDistinct(COL_ITEM).alias("i")
+            F.count("*").alias("n"),
+            F.countDistinct(COL_USER).alias("u"),
+            F.countDistinct(COL_ITEM).alias("i"),
         ).first()
         by_reason = {r[COL_REASON]: int(r["count"]) for r in rejects.groupBy(COL_REASON).count().collect()}
     finally:

@@ -46,25 +46,27 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session.stop()
 
 
+def local_overrides(tmp_path: Path) -> list[str]:
+    """``--conf`` overrides that send every output of the local config into ``tmp_path``."""
+    return [
+        f"storage.lakehouse={tmp_path / 'lakehouse'}",
+        f"storage.checkpoint_dir={tmp_path / 'checkpoints'}",
+        f"storage.cache_dir={tmp_path / 'cache'}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        f"mlflow.artifact_location={tmp_path / 'mlruns' / 'artifacts'}",
+        "spark.master=local[2]",
+        "ingest.synthetic.n_users=200",
+        "ingest.synthetic.n_items=120",
+        "ingest.synthetic.n_clusters=4",
+        "ingest.synthetic.mean_interactions_per_user=20",
+        "ingest.synthetic.partitions=2",
+    ]
+
+
 @pytest.fixture()
 def cfg(tmp_path: Path) -> Config:
     """The local config with every output redirected into ``tmp_path``."""
-    return load_config(
-        env="local",
-        overrides=[
-            f"storage.lakehouse={tmp_path / 'lakehouse'}",
-            f"storage.checkpoint_dir={tmp_path / 'checkpoints'}",
-            f"storage.cache_dir={tmp_path / 'cache'}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-            f"mlflow.artifact_location={tmp_path / 'mlruns' / 'artifacts'}",
-            "spark.master=local[2]",
-            "ingest.synthetic.n_users=200",
-            "ingest.synthetic.n_items=120",
-            "ingest.synthetic.n_clusters=4",
-            "ingest.synthetic.mean_interactions_per_user=20",
-            "ingest.synthetic.partitions=2",
-        ],
-    )
+    return load_config(env="local", overrides=local_overrides(tmp_path))
 
 
 @pytest.fixture()

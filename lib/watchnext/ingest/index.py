@@ -15,7 +15,6 @@ import logging
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from watchnext import tables
 from watchnext.constants import COL_FIRST_SEEN
@@ -23,16 +22,6 @@ from watchnext.constants import COL_FIRST_SEEN
 log = logging.getLogger(__name__)
 
 MAX_INDEX = 2**31 - 1  # ALS ids are Java ints
-
-
-def index_schema(id_col: str, idx_col: str) -> T.StructType:
-    return T.StructType(
-        [
-            T.StructField(id_col, T.StringType(), False),
-            T.StructField(idx_col, T.IntegerType(), False),
-            T.StructField(COL_FIRST_SEEN, T.DateType(), False),
-        ]
-    )
 
 
 def new_index_rows(
@@ -71,9 +60,8 @@ def update_index(
             raise OverflowError(
                 f"{idx_col} would exceed {MAX_INDEX}: too many distinct {id_col}s for int ids"
             )
-        typed = spark.createDataFrame(rows.rdd, index_schema(id_col, idx_col)) if existing is None else rows
         if existing is None:
-            tables.overwrite(typed, path)
+            tables.overwrite(rows, path)
         elif added:
             (
                 DeltaTable.forPath(spark, path)

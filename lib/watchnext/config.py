@@ -240,6 +240,31 @@ class AlsConfig(_Strict):
     bias_reg_item: float = Field(10.0, ge=0)
     bias_iters: int = Field(5, ge=1)
     tuning: AlsTuningConfig = Field(default_factory=AlsTuningConfig)
+    # MLflow Model Registry: the serving model is registered under this name, and the alias is moved
+    # to each new version (the evaluate stage promotes it to "champion" when it beats the baselines).
+    registered_model: str = "watchnext-als"
+    model_alias: str = "candidate"
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+class EvaluationConfig(_Strict):
+    """The offline protocol every model is scored under (the project's quality bar)."""
+
+    split: Literal["stratified", "random", "leave_last_n", "time"] = "stratified"
+    ratio: float = Field(0.75, gt=0, lt=1)  # train share (stratified, random)
+    seed: int = 42
+    leave_last_n: int = Field(1, ge=1)
+    time_cutoff: dt.date | None = None  # split == "time"
+    k: int = Field(10, ge=1)
+    # Extra cut-offs for the ranking curves in the evaluation table.
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    trending_window_days: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _time_needs_cutoff(self) -> EvaluationConfig:
+        if self.split == "time" and self.time_cutoff is None:
+            raise ValueError("evaluation.split is 'time' but evaluation.time_cutoff is not set")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- root
@@ -256,6 +281,7 @@ class Config(_Strict):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     als: AlsConfig = Field(default_factory=AlsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @field_validator("env")

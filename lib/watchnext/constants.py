@@ -40,3 +40,14 @@ TABLE_ITEMS = "items"
 TABLE_REJECTS = "rejects"
 TABLE_USER_INDEX = "user_index"
 TABLE_ITEM_INDEX = "item_index"
+TABLE_USER_FACTORS = "user_factors"
+TABLE_ITEM_FACTORS = "item_factors"
+TABLE_EVAL_RECS = "eval_recommendations"  # each model's top-K on the evaluation protocol's train split
+TABLE_EVAL_PREDICTIONS = "eval_predictions"  # explicit rating predictions for the test pairs
+TABLE_EVALUATION = "evaluation"
+
+COL_MODEL = "model"
+COL_METRIC = "metric"
+COL_K = "k"
+COL_VALUE = "value"
+COL_FEATURES = "features"  # factor vector, array<float>

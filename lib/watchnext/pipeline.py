@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # Imported lazily so the CLI starts fast and a stage's heavy imports (TensorFlow) stay in that stage.
 STAGES: dict[str, str] = {
     "ingest": "watchnext.stages.ingest:run",
+    "als": "watchnext.stages.als:run",
+    "evaluate": "watchnext.stages.evaluate:run",
 }
 
 StageFn = Callable[[SparkSession, Config, dt.date], dict[str, Any]]

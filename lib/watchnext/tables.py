@@ -45,18 +45,7 @@ def overwrite(df: DataFrame, path: str, commit_note: str | None = None) -> None:
 
 def overwrite_run_date(df: DataFrame, path: str, run_date: dt.date, commit_note: str | None = None) -> None:
     """Replace exactly the ``run_date`` partition in one commit (creating the table if needed)."""
-    if COL_RUN_DATE not in df.columns:
-        raise ValueError(f"frame written to {path} is missing column '{COL_RUN_DATE}'")
-    writer = (
-        df.write.format("delta")
-        .mode("overwrite")
-        .partitionBy(COL_RUN_DATE)
-        .option("replaceWhere", f"{COL_RUN_DATE} = DATE'{run_date.isoformat()}'")
-    )
-    if commit_note:
-        writer = writer.option("userMetadata", commit_note)
-    writer.save(path)
-    log.info("wrote Delta table %s for run_date %s", path, run_date)
+    overwrite_partition(df, path, {COL_RUN_DATE: run_date}, commit_note)
 
 
 def append(df: DataFrame, path: str, commit_note: str | None = None) -> None:
@@ -64,3 +53,29 @@ def append(df: DataFrame, path: str, commit_note: str | None = None) -> None:
     if commit_note:
         writer = writer.option("userMetadata", commit_note)
     writer.save(path)
+
+
+def overwrite_partition(
+    df: DataFrame, path: str, values: dict[str, object], commit_note: str | None = None
+) -> None:
+    """Replace exactly the partition ``values`` (e.g. ``{"run_date": d, "model": "als"}``) in one commit.
+
+    The table is partitioned by the keys of ``values``, in that order.
+    """
+    missing = [c for c in values if c not in df.columns]
+    if missing:
+        raise ValueError(f"frame written to {path} is missing partition columns {missing}")
+    where = " AND ".join(f"{c} = {_sql_literal(v)}" for c, v in values.items())
+    writer = df.write.format("delta").mode("overwrite").partitionBy(*values).option("replaceWhere", where)
+    if commit_note:
+        writer = writer.option("userMetadata", commit_note)
+    writer.save(path)
+    log.info("wrote Delta table %s where %s", path, where)
+
+
+def _sql_literal(v: object) -> str:
+    if isinstance(v, dt.date):
+        return f"DATE'{v.isoformat()}'"
+    if isinstance(v, int | float):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"

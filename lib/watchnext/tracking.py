@@ -118,6 +118,29 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params to the active run, if any."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_params({k: ("" if v is None else str(v))[:_MAX_PARAM_LEN] for k, v in params.items()})
+
+
+def active_run_id() -> str:
+    """Id of the active MLflow run, or ``"no-mlflow"``: written into output rows as lineage."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else NO_RUN
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_text(text, artifact_file)
+
+
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     import mlflow
 

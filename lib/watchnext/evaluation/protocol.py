@@ -1,0 +1,79 @@
+"""The offline evaluation protocol shared by every model stage and the evaluate stage.
+
+A model stage fits on the protocol's train split and writes its top-K lists for the test users to
+``eval_recommendations`` (and, for explicit models, its test-pair predictions to
+``eval_predictions``), partitioned by (run_date, model). The evaluate stage scores them all against
+the same test split. The split is a pure function of the interactions and the config (hash-seeded),
+so every stage recomputes the identical split instead of passing it around.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from watchnext import tables
+from watchnext.config import Config, EvaluationConfig
+from watchnext.constants import (
+    COL_ITEM_IDX,
+    COL_MODEL,
+    COL_PREDICTION,
+    COL_RANK,
+    COL_RATING,
+    COL_RUN_DATE,
+    COL_SCORE,
+    COL_USER_IDX,
+    TABLE_EVAL_PREDICTIONS,
+    TABLE_EVAL_RECS,
+)
+from watchnext.evaluation.splits import leave_last_n_split, random_split, stratified_split, time_split
+
+
+def split(interactions: DataFrame, cfg: EvaluationConfig) -> tuple[DataFrame, DataFrame]:
+    """(train, test) of ``interactions`` under the configured protocol."""
+    if cfg.split == "stratified":
+        return stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+    if cfg.split == "random":
+        return random_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+    if cfg.split == "leave_last_n":
+        return leave_last_n_split(interactions, n=cfg.leave_last_n)
+    assert cfg.time_cutoff is not None  # checked by the config
+    return time_split(interactions, cfg.time_cutoff)
+
+
+def write_recommendations(recs: DataFrame, cfg: Config, model: str, run_date: dt.date, run_id: str) -> None:
+    """Store ``model``'s evaluation top-K (user_idx, item_idx, score, rank) for ``run_date``."""
+    out = recs.select(
+        F.col(COL_USER_IDX),
+        F.col(COL_ITEM_IDX),
+        F.col(COL_SCORE).cast("double"),
+        F.col(COL_RANK).cast("int"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(run_date).alias(COL_RUN_DATE),
+        F.lit(model).alias(COL_MODEL),
+    )
+    tables.overwrite_partition(
+        out, cfg.table_path(TABLE_EVAL_RECS), {COL_RUN_DATE: run_date, COL_MODEL: model}, f"{model} {run_id}"
+    )
+
+
+def write_predictions(preds: DataFrame, cfg: Config, model: str, run_date: dt.date, run_id: str) -> None:
+    """Store ``model``'s rating predictions for the test pairs (user_idx, item_idx, prediction)."""
+    out = preds.select(
+        F.col(COL_USER_IDX),
+        F.col(COL_ITEM_IDX),
+        F.col(COL_PREDICTION).cast("double"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(run_date).alias(COL_RUN_DATE),
+        F.lit(model).alias(COL_MODEL),
+    )
+    tables.overwrite_partition(
+        out, cfg.table_path(TABLE_EVAL_PREDICTIONS), {COL_RUN_DATE: run_date, COL_MODEL: model}, model
+    )
+
+
+def protocol_frame(interactions: DataFrame) -> DataFrame:
+    """The columns the protocol works on."""
+    return interactions.select(COL_USER_IDX, COL_ITEM_IDX, COL_RATING, "timestamp")

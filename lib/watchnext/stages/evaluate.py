@@ -1,0 +1,168 @@
+"""Evaluate stage: every model and baseline scored on the same test split.
+
+Reads the run date's interactions, recomputes the protocol split, builds the baselines (global
+popularity, trending) itself, and takes each model's lists from ``eval_recommendations`` and
+explicit predictions from ``eval_predictions``. Writes ``evaluation`` (run_date, model, metric, k,
+value, run_id), replacing the run date; logs every value to MLflow as ``<model>.<metric>``; moves the
+registry alias ``champion`` to the ALS version when it beats every baseline on the primary metric.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from watchnext import tables, tracking
+from watchnext.config import Config
+from watchnext.constants import (
+    COL_GENRES,
+    COL_ITEM_IDX,
+    COL_K,
+    COL_METRIC,
+    COL_MODEL,
+    COL_RUN_DATE,
+    COL_RUN_ID,
+    COL_USER_IDX,
+    COL_VALUE,
+    TABLE_EVAL_PREDICTIONS,
+    TABLE_EVAL_RECS,
+    TABLE_EVALUATION,
+    TABLE_INTERACTIONS,
+    TABLE_ITEMS,
+)
+from watchnext.evaluation import protocol
+from watchnext.evaluation.metrics import evaluate_all, ranking_metrics, rmse_mae
+from watchnext.models.baselines import popularity_scores, trending_scores
+from watchnext.models.topk import topk_from_item_scores
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "trending")
+EVALUATION_SCHEMA = T.StructType(
+    [
+        T.StructField(COL_MODEL, T.StringType()),
+        T.StructField(COL_METRIC, T.StringType()),
+        T.StructField(COL_K, T.IntegerType()),  # null for metrics without a cut-off (rmse, mae)
+        T.StructField(COL_VALUE, T.DoubleType()),
+    ]
+)
+_AT_K = re.compile(r"^(?P<metric>.+)_at_(?P<k>\d+)$")
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ev = cfg.evaluation
+    interactions = protocol.protocol_frame(
+        tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
+    )
+    train, test = (df.persist(StorageLevel.MEMORY_AND_DISK) for df in protocol.split(interactions, ev))
+    items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
+        COL_ITEM_IDX, COL_GENRES
+    )
+    n_items = items.count()
+    ks = sorted({*ev.ks, ev.k})
+    seen = train.select(COL_USER_IDX, COL_ITEM_IDX)
+    users = test.select(COL_USER_IDX).distinct()
+
+    lists: dict[str, DataFrame] = {
+        "popularity": topk_from_item_scores(popularity_scores(train), users, max(ks), seen),
+        "trending": topk_from_item_scores(
+            trending_scores(train, ev.trending_window_days), users, max(ks), seen
+        ),
+    }
+    lists.update(_stored(spark, cfg.table_path(TABLE_EVAL_RECS), run_date))
+    rows: list[tuple[str, str, int | None, float]] = []
+    try:
+        for model, recs in lists.items():
+            recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+            for k in ks:
+                if k == ev.k:
+                    values = evaluate_all(recs, test, k, train=train, n_items=n_items, item_features=items)
+                else:
+                    values = ranking_metrics(recs, test, k)
+                rows += [(model, *_split_name(name), v) for name, v in values.items()]
+            recs.unpersist()
+        for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
+            rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]
+    finally:
+        train.unpersist()
+        test.unpersist()
+
+    run_id = tracking.active_run_id()
+    out = spark.createDataFrame(rows, EVALUATION_SCHEMA).select(
+        "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
+    )
+    tables.overwrite_run_date(out, cfg.table_path(TABLE_EVALUATION), run_date, f"evaluate run_id={run_id}")
+    tracking.log_metrics(
+        {f"{m}.{name}" + (f"_at_{k}" if k is not None else ""): v for m, name, k, v in rows if v == v}
+    )
+    table = format_table(rows, ev.k)
+    tracking.log_text(table, "evaluation.txt")
+    log.info("evaluation (run_date %s, K=%d):\n%s", run_date, ev.k, table)
+    primary = {m: v for m, name, k, v in rows if name == "ndcg" and k == ev.k}
+    champion = _promote(cfg, primary)
+    return {
+        f"ndcg_at_{ev.k}": {m: round(v, 4) for m, v in sorted(primary.items(), key=lambda kv: -kv[1])},
+        "champion_version": champion,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "table": "\n" + table,
+    }
+
+
+def _stored(spark: SparkSession, path: str, run_date: dt.date) -> dict[str, DataFrame]:
+    """Per-model frames of a (run_date, model)-partitioned evaluation table; {} if it does not exist."""
+    if not tables.exists(spark, path):
+        return {}
+    df = tables.read_run_date(spark, path, run_date)
+    models = [r[COL_MODEL] for r in df.select(COL_MODEL).distinct().orderBy(COL_MODEL).collect()]
+    return {m: df.where(F.col(COL_MODEL) == m) for m in models}
+
+
+def _split_name(name: str) -> tuple[str, int | None]:
+    m = _AT_K.match(name)
+    return (m["metric"], int(m["k"])) if m else (name, None)
+
+
+def format_table(rows: list[tuple[str, str, int | None, float]], k: int) -> str:
+    """Models as rows, the metrics at ``k`` (and rmse/mae) as columns."""
+    wanted = [
+        "ndcg", "precision", "recall", "map", "mrr", "hit_rate", "catalog_coverage", "novelty",
+        "ild", "exposure_gini", "long_tail_share", "rmse", "mae",
+    ]  # fmt: skip
+    by_model: dict[str, dict[str, float]] = {}
+    for model, name, kk, v in rows:
+        if kk in (k, None):
+            by_model.setdefault(model, {})[name] = v
+    cols = [c for c in wanted if any(c in m for m in by_model.values())]
+    head = f"{'model':<14}" + "".join(f"{c:>17}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for model, vals in sorted(by_model.items(), key=lambda kv: -kv[1].get("ndcg", -1.0)):
+        cells = "".join(f"{vals[c]:>17.4f}" if c in vals else f"{'':>17}" for c in cols)
+        lines.append(f"{model:<14}{cells}")
+    return "\n".join(lines)
+
+
+def _promote(cfg: Config, ndcg: dict[str, float]) -> str | None:
+    """Alias ``champion`` -> the ALS candidate version when it beats every baseline."""
+    if not cfg.mlflow.enabled or "als" not in ndcg:
+        return None
+    if any(ndcg["als"] <= ndcg.get(b, float("-inf")) for b in BASELINES):
+        log.warning("ALS does not beat the baselines (%s); champion alias unchanged", ndcg)
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(cfg.als.registered_model, cfg.als.model_alias).version
+    except mlflow.exceptions.MlflowException:
+        return None
+    client.set_registered_model_alias(cfg.als.registered_model, "champion", version)
+    return str(version)

@@ -195,11 +195,12 @@ class FloatRange(_Strict):
 
 
 class AlsSearchSpace(_Strict):
-    # Defaults: the region where implicit ALS does best on ml-latest-small (benchmarks/quality_als.py).
-    rank: IntRange = Field(default_factory=lambda: IntRange(low=32, high=200, log=True))
-    reg_param: FloatRange = Field(default_factory=lambda: FloatRange(low=0.01, high=10.0, log=True))
-    alpha: FloatRange = Field(default_factory=lambda: FloatRange(low=1.0, high=50.0, log=True))
-    max_iter: IntRange = Field(default_factory=lambda: IntRange(low=10, high=20))
+    # Defaults: the region where implicit ALS does best on ml-latest-small (benchmarks/quality_als.py):
+    # a ridge with reg_param / alpha ~ 0.1; ranks above ~64 and more than 10-15 iterations add little.
+    rank: IntRange = Field(default_factory=lambda: IntRange(low=32, high=128, log=True))
+    reg_param: FloatRange = Field(default_factory=lambda: FloatRange(low=0.03, high=3.0, log=True))
+    alpha: FloatRange = Field(default_factory=lambda: FloatRange(low=1.0, high=30.0, log=True))
+    max_iter: IntRange = Field(default_factory=lambda: IntRange(low=10, high=15))
 
 
 class AlsTuningConfig(_Strict):
@@ -226,18 +227,18 @@ class AlsConfig(_Strict):
     # binary (x = 1), rating (x = r), log (x = log1p r), centered (x = r - rating_threshold).
     confidence: Literal["binary", "rating", "log", "centered"] = "binary"
     rating_threshold: float = 3.0
-    rank: int = Field(128, ge=1)
-    reg_param: float = Field(1.0, ge=0)
-    alpha: float = Field(10.0, ge=0)
-    max_iter: int = Field(15, ge=1)
+    rank: int = Field(64, ge=1)
+    reg_param: float = Field(0.3, ge=0)
+    alpha: float = Field(3.0, ge=0)
+    max_iter: int = Field(10, ge=1)
     nonnegative: bool = False
     checkpoint_interval: int = Field(10, ge=-1)
     num_blocks: int | None = Field(None, ge=1)  # None: sized from the rating count and parallelism
     seed: int = 42
     k: int = Field(10, ge=1)  # length of the recommendation lists
     # Biased explicit model: regularisation of the user and item biases, and alternating sweeps.
-    bias_reg_user: float = Field(10.0, ge=0)
-    bias_reg_item: float = Field(10.0, ge=0)
+    bias_reg_user: float = Field(5.0, ge=0)
+    bias_reg_item: float = Field(5.0, ge=0)
     bias_iters: int = Field(5, ge=1)
     tuning: AlsTuningConfig = Field(default_factory=AlsTuningConfig)
     # MLflow Model Registry: the serving model is registered under this name, and the alias is moved
@@ -294,6 +295,13 @@ class Config(_Strict):
     def table_path(self, name: str) -> str:
         """Location of the Delta table ``name`` under the lakehouse root."""
         return f"{self.storage.lakehouse.rstrip('/')}/{name}"
+
+    def with_overrides(self, *overrides: str) -> Config:
+        """A copy with ``key.path=value`` overrides applied and validated (as ``--conf`` does)."""
+        data = self.model_dump(mode="json")
+        for item in overrides:
+            _set_dotted(data, *_parse_override(item))
+        return validate_config(data)
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``, e.g. for MLflow params."""

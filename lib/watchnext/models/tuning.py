@@ -1,0 +1,287 @@
+"""Hyperparameter search for ALS by a ranking metric on a validation split.
+
+Protocol: the validation split is carved from the training data with :func:`stratified_split` (its
+own seed, so it differs from the train/test split); each trial fits ALS on the remaining part, ranks
+the top K for every validation user with the user's fitting items excluded, and scores
+``ranking_metrics`` against the held-out validation items (all relevant). The best configuration is
+then refitted on *all* training data (:func:`refit`, or :func:`tune_and_refit` for the whole thing).
+
+Methods, all driven by Optuna so they share one loop:
+
+* ``"grid"``: the product of each dimension's grid (``values``, else low, middle, high; the middle
+  geometric for log ranges), visited in a seeded random order; ``n_trials`` caps the number visited.
+* ``"random"``: independent draws, uniform or log-uniform per dimension (``RandomSampler(seed)``).
+* ``"tpe"``: ``TPESampler(seed)``, model-based; its first ``max(1, min(10, n_trials // 3))`` trials
+  are random start-up draws.
+
+With an active MLflow run (and ``log_to_mlflow``), every trial is a nested run holding its parameters
+and all ranking metrics; logging anything about the search to the parent is the caller's job.
+``alpha`` is searched only for implicit feedback.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pyspark import StorageLevel
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame
+
+from watchnext.config import AlsConfig, AlsSearchSpace, FloatRange, IntRange
+from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_USER_IDX
+from watchnext.evaluation.metrics import ranking_metrics
+from watchnext.evaluation.splits import stratified_split
+from watchnext.models.als import AlsParams, fit_als, recommend
+
+log = logging.getLogger(__name__)
+
+Method = Literal["grid", "random", "tpe"]
+_METRIC = re.compile(r"(precision|recall|ndcg|map|mrr|hit_rate)_at_([1-9][0-9]*)")
+_TUNED = ("rank", "reg_param", "alpha", "max_iter")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated configuration."""
+
+    number: int
+    params: AlsParams
+    value: float
+    metrics: dict[str, float]
+    seconds: float
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The best configuration (by ``metric``, maximised) and every trial in the order run."""
+
+    best_params: AlsParams
+    best_value: float
+    metric: str
+    method: str
+    trials: list[Trial] = field(default_factory=list)
+
+
+def metric_k(metric: str) -> int:
+    """K of a ranking metric name: ``"ndcg_at_10" -> 10``; ``ValueError`` for anything else."""
+    m = _METRIC.fullmatch(metric)
+    if not m:
+        raise ValueError(f"metric must be a ranking metric such as 'ndcg_at_10', got {metric!r}")
+    return int(m.group(2))
+
+
+def validation_split(
+    train: DataFrame,
+    validation_ratio: float = 0.25,
+    seed: int = 43,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+) -> tuple[DataFrame, DataFrame]:
+    """``(fit, validation)``: ``stratified_split(train, 1 - validation_ratio, seed)``."""
+    return stratified_split(train, 1.0 - validation_ratio, seed, col_user=col_user, col_item=col_item)
+
+
+def grid_values(dim: IntRange | FloatRange) -> list[Any]:
+    """A dimension's grid: ``values`` if given, else the distinct values of low, middle, high."""
+    if dim.values is not None:
+        return list(dim.values)
+    mid = math.sqrt(dim.low * dim.high) if dim.log else (dim.low + dim.high) / 2.0
+    points = [dim.low, mid, dim.high]
+    if isinstance(dim, IntRange):
+        points = [int(round(p)) for p in points]
+    return sorted(set(points))
+
+
+def _dims(space: AlsSearchSpace, implicit: bool) -> dict[str, IntRange | FloatRange]:
+    dims: dict[str, IntRange | FloatRange] = {
+        "rank": space.rank,
+        "reg_param": space.reg_param,
+        "alpha": space.alpha,
+        "max_iter": space.max_iter,
+    }
+    if not implicit:
+        dims.pop("alpha")
+    return dims
+
+
+def _sampler(method: Method, dims: dict[str, IntRange | FloatRange], n_trials: int, seed: int) -> Any:
+    import optuna
+
+    if method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, n_trials // 3)))
+    if method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if method == "grid":
+        return optuna.samplers.GridSampler({name: grid_values(d) for name, d in dims.items()}, seed=seed)
+    raise ValueError(f"method must be 'grid', 'random' or 'tpe', got {method!r}")
+
+
+def _suggest(trial: Any, method: Method, dims: dict[str, IntRange | FloatRange]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, d in dims.items():
+        if method == "grid":
+            out[name] = trial.suggest_categorical(name, grid_values(d))
+        elif isinstance(d, IntRange):
+            out[name] = trial.suggest_int(name, d.low, d.high, log=d.log)
+        else:
+            out[name] = trial.suggest_float(name, d.low, d.high, log=d.log)
+    return out
+
+
+def tune_als(
+    train: DataFrame,
+    validation: DataFrame,
+    space: AlsSearchSpace,
+    *,
+    base: AlsParams | None = None,
+    method: Method = "tpe",
+    n_trials: int = 20,
+    metric: str = "ndcg_at_10",
+    seed: int = 43,
+    log_to_mlflow: bool = True,
+    num_blocks: int | None = None,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rating: str = COL_RATING,
+) -> TuningResult:
+    """Search ``space`` for the ALS parameters maximising ``metric`` on ``validation``.
+
+    ``train`` is what each trial fits on (the part of the training data left after carving out
+    ``validation``); ``base`` supplies everything not searched (implicit or explicit, confidence,
+    seed, ...). Each trial recommends the top K (K from the metric name) to every validation user,
+    excluding the user's ``train`` items. Returns the best parameters (``base`` with the best searched
+    values), its value and all trials. The grid method visits at most ``n_trials`` grid points.
+    """
+    import optuna
+
+    k = metric_k(metric)
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    base = base or AlsParams()
+    dims = _dims(space, base.implicit_prefs)
+    if method == "grid":
+        size = math.prod(len(grid_values(d)) for d in dims.values())
+        if size > n_trials:
+            log.warning(
+                "grid has %d points; visiting %d of them (n_trials) in a seeded order", size, n_trials
+            )
+        n_trials = min(n_trials, size)
+    sampler = _sampler(method, dims, n_trials, seed)
+
+    owned = [df.persist(StorageLevel.MEMORY_AND_DISK) for df in (train, validation) if not df.is_cached]
+    if num_blocks is None:
+        from watchnext.models.als import als_num_blocks
+
+        num_blocks = als_num_blocks(train.count(), train.sparkSession.sparkContext.defaultParallelism)
+    users = validation.select(col_user).distinct()
+    seen = train.select(col_user, col_item)
+    cols = {"col_user": col_user, "col_item": col_item}
+    trials: list[Trial] = []
+
+    def objective(trial: Any) -> float:
+        values = _suggest(trial, method, dims)
+        params = AlsParams(**{**base.model_dump(), **values})
+        t0 = time.perf_counter()
+        model: ALSModel | None = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
+        recs = recommend(model, users, k, seen, **cols)
+        metrics = ranking_metrics(recs, validation, k, **cols)
+        seconds = time.perf_counter() - t0
+        del model, recs
+        gc.collect()  # drop py4j references, so the JVM can free the trial's factors and broadcast
+        value = metrics[metric]
+        run_id = _log_trial(trial.number, method, params, metrics, seconds) if log_to_mlflow else None
+        trials.append(Trial(trial.number, params, value, metrics, seconds, run_id))
+        log.info(
+            "trial %d (%s): %s -> %s=%.5f in %.1f s", trial.number, method, values, metric, value, seconds
+        )
+        return value
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    try:
+        study.optimize(objective, n_trials=n_trials)
+    finally:
+        for df in owned:
+            df.unpersist()
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    log.info(
+        "best of %d %s trials: %s=%.5f with %s",
+        len(trials),
+        method,
+        metric,
+        best.value,
+        {n: getattr(best.params, n) for n in dims},
+    )
+    return TuningResult(best.params, best.value, metric, method, trials)
+
+
+def _log_trial(
+    number: int, method: str, params: AlsParams, metrics: dict[str, float], seconds: float
+) -> str | None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return None
+    with mlflow.start_run(
+        run_name=f"als trial {number}", nested=True, tags={"watchnext.tuning": method}
+    ) as run:
+        mlflow.log_params({**params.model_dump(), "trial": number})
+        mlflow.log_metrics({**metrics, "seconds": seconds})
+        return run.info.run_id
+
+
+def refit(
+    train: DataFrame,
+    result: TuningResult,
+    *,
+    num_blocks: int | None = None,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rating: str = COL_RATING,
+) -> ALSModel:
+    """Fit the best configuration of ``result`` on all of ``train``."""
+    return fit_als(
+        train,
+        result.best_params,
+        num_blocks=num_blocks,
+        col_user=col_user,
+        col_item=col_item,
+        col_rating=col_rating,
+    )
+
+
+def tune_and_refit(
+    train: DataFrame,
+    cfg: AlsConfig,
+    *,
+    log_to_mlflow: bool = True,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rating: str = COL_RATING,
+) -> tuple[ALSModel, TuningResult]:
+    """The whole recipe from the ``als`` config: carve validation, tune, refit on all of ``train``."""
+    t = cfg.tuning
+    cols = {"col_user": col_user, "col_item": col_item}
+    fit_part, validation = validation_split(train, t.validation_ratio, t.seed, **cols)
+    result = tune_als(
+        fit_part,
+        validation,
+        t.space,
+        base=AlsParams.from_config(cfg),
+        method=t.method,
+        n_trials=t.n_trials,
+        metric=t.metric,
+        seed=t.seed,
+        log_to_mlflow=log_to_mlflow,
+        num_blocks=cfg.num_blocks,
+        col_rating=col_rating,
+        **cols,
+    )
+    return refit(train, result, num_blocks=cfg.num_blocks, col_rating=col_rating, **cols), result

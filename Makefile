@@ -63,8 +63,9 @@ lint: setup ## ruff
 quality: setup ## Quality report: ingest -> ALS -> evaluate on ../shared/datasets/ml-latest-small
 	$(PY) benchmarks/quality.py $(ARGS)
 
-bench: setup ## Benchmarks (ratios measured side by side)
-	$(PY) benchmarks/run_all.py $(ARGS)
+bench: setup ## Benchmarks (ratios measured side by side; installs the [bench] extra, e.g. `implicit`)
+	$(PIP) install --quiet -e ".[bench]"
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
 
 clean: ## Remove local tables, MLflow store and caches (keeps .venv)
 	rm -rf lakehouse mlruns spark-warehouse metastore_db derby.log .pytest_cache

@@ -29,6 +29,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_GENRES,
     COL_ITEM_IDX,
@@ -40,12 +41,6 @@ from watchnext.constants import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _require(df: DataFrame, cols: list[str], what: str) -> None:
-    for c in cols:
-        if c not in df.columns:
-            raise ValueError(f"{what} is missing column '{c}' (has {df.columns})")
 
 
 def _check_k(k: int) -> None:
@@ -73,7 +68,7 @@ def top_k(
     gaps in the given ranks close up.
     """
     _check_k(k)
-    _require(recs, [col_user, col_item], "recs")
+    require_columns(recs, [col_user, col_item], "recs")
     if col_rank in recs.columns:
         best = F.min(col_rank).alias("_key")
         order = F.col("_key").asc()
@@ -99,9 +94,9 @@ def _relevant(
     col_rating: str,
     relevance_threshold: float | None,
 ) -> DataFrame:
-    _require(truth, [col_user, col_item], "truth")
+    require_columns(truth, [col_user, col_item], "truth")
     if relevance_threshold is not None:
-        _require(truth, [col_rating], "truth")
+        require_columns(truth, [col_rating], "truth")
         truth = truth.filter(F.col(col_rating) >= relevance_threshold)
     return truth.select(col_user, col_item).distinct()
 
@@ -166,7 +161,7 @@ def ranking_metrics(
 
 def catalog_coverage(recs: DataFrame, n_items: int, *, col_item: str = COL_ITEM_IDX) -> float:
     """Share of the catalog recommended to anyone: ``|distinct items in recs| / n_items``."""
-    _require(recs, [col_item], "recs")
+    require_columns(recs, [col_item], "recs")
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
     n = recs.agg(F.countDistinct(col_item).alias("n")).first()["n"]
@@ -186,8 +181,8 @@ def novelty(
     ``-log2 pop(i)`` over the rows of ``recs`` (one row = one list slot). Rows whose item is not in
     train (undefined self-information) are left out and counted in the log.
     """
-    _require(recs, [col_item], "recs")
-    _require(train, [col_user, col_item], "train")
+    require_columns(recs, [col_item], "recs")
+    require_columns(train, [col_user, col_item], "train")
     pairs = train.select(col_user, col_item).distinct()
     pop = pairs.groupBy(col_item).agg(F.count(F.lit(1)).cast("double").alias("_u"))
     n_users = train.agg(F.countDistinct(col_user).cast("double").alias("_n"))
@@ -221,8 +216,8 @@ def intra_list_diversity(
     a null value are left out. Items without a features row are left out; users with fewer than two
     remaining items do not count. Returns NaN when no user has a pair.
     """
-    _require(recs, [col_user, col_item], "recs")
-    _require(item_features, [col_item, col_features], "item_features")
+    require_columns(recs, [col_user, col_item], "recs")
+    require_columns(item_features, [col_item, col_features], "item_features")
     ftype = item_features.schema[col_features].dataType
     feats = item_features.select(col_item, F.col(col_features).alias("_f"))
     if isinstance(ftype, T.ArrayType):
@@ -263,8 +258,8 @@ def popularity_bias(
     the interactions of the items before it are ``< head_share * total``). Items absent from train
     are long tail.
     """
-    _require(recs, [col_item], "recs")
-    _require(train, [col_item], "train")
+    require_columns(recs, [col_item], "recs")
+    require_columns(train, [col_item], "train")
     if not 0.0 < head_share <= 1.0:
         raise ValueError(f"head_share must be in (0, 1], got {head_share}")
     if n_items is not None and n_items < 1:
@@ -338,8 +333,8 @@ def rmse_mae(
     has one row per (user, item). Truth pairs without a usable prediction (e.g. ALS cold start) are
     left out and counted in the log. Raises ``ValueError`` when no pair is left.
     """
-    _require(predictions, [col_user, col_item, col_prediction], "predictions")
-    _require(truth, [col_user, col_item, col_rating], "truth")
+    require_columns(predictions, [col_user, col_item, col_prediction], "predictions")
+    require_columns(truth, [col_user, col_item, col_rating], "truth")
     pred = F.col(col_prediction).cast("double")
     joined = truth.select(col_user, col_item, F.col(col_rating).cast("double").alias("_r")).join(
         predictions.select(col_user, col_item, pred.alias("_p")), [col_user, col_item], "left"

@@ -22,19 +22,13 @@ import logging
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from watchnext.checks import require_columns, timestamp_literal
 from watchnext.constants import COL_ITEM_IDX, COL_TIMESTAMP, COL_USER_IDX
 
 log = logging.getLogger(__name__)
 
 # dt.UTC is 3.11+; the project also supports 3.10.
-_UTC = dt.timezone(dt.timedelta(0))
 _HASH_BITS = 53  # a double holds 53 bits exactly: u = (hash & (2^53 - 1)) / 2^53 is uniform in [0, 1)
-
-
-def _require(df: DataFrame, cols: list[str], what: str = "interactions") -> None:
-    for c in cols:
-        if c not in df.columns:
-            raise ValueError(f"{what} is missing column '{c}' (has {df.columns})")
 
 
 def _check_ratio(ratio: float) -> None:
@@ -105,7 +99,7 @@ def random_split(
     ``u = (xxhash64(seed, user, item) & (2^53 - 1)) / 2^53``, uniform in [0, 1). The train share is
     ``ratio`` in expectation, not exactly. Cold test rows are then dropped (module docstring).
     """
-    _require(df, [col_user, col_item])
+    require_columns(df, [col_user, col_item], "interactions")
     _check_ratio(ratio)
     in_train = _uniform(seed, col_user, col_item) < ratio
     train = df.filter(in_train)
@@ -129,7 +123,7 @@ def stratified_split(
     the rest to test. Users with ``n < min_ratings`` go wholly to train. Test rows whose item is not
     in train are then dropped (module docstring); every user keeps at least one train row.
     """
-    _require(df, [col_user, col_item])
+    require_columns(df, [col_user, col_item], "interactions")
     _check_ratio(ratio)
     if min_ratings < 1:
         raise ValueError(f"min_ratings must be >= 1, got {min_ratings}")
@@ -159,7 +153,7 @@ def leave_last_n_split(
     smaller item counts as later); all rows of a test pair go to test. Users with ``<= n`` distinct
     items stay wholly in train. Cold test rows are then dropped (module docstring).
     """
-    _require(df, [col_user, col_item, col_timestamp])
+    require_columns(df, [col_user, col_item, col_timestamp], "interactions")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     last = F.max(col_timestamp).over(Window.partitionBy(col_user, col_item))
@@ -176,17 +170,6 @@ def leave_last_n_split(
     return train, _warm_test(train, test, col_user, col_item, "leave_last_n_split")
 
 
-def _cutoff_column(cutoff: dt.datetime | dt.date | str) -> Column:
-    if isinstance(cutoff, dt.datetime):
-        aware = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=_UTC)
-        return F.lit(aware).cast("timestamp")
-    if isinstance(cutoff, dt.date):
-        return F.lit(dt.datetime.combine(cutoff, dt.time(), tzinfo=_UTC)).cast("timestamp")
-    if isinstance(cutoff, str):
-        return F.to_timestamp(F.lit(cutoff))
-    raise TypeError(f"cutoff must be a datetime, date or string, got {type(cutoff).__name__}")
-
-
 def time_split(
     df: DataFrame,
     cutoff: dt.datetime | dt.date | str,
@@ -201,8 +184,8 @@ def time_split(
     ``to_timestamp`` in the session time zone (UTC in this project's sessions). Test rows with a cold
     user or item, or whose (user, item) pair already occurs in train, are then dropped.
     """
-    _require(df, [col_user, col_item, col_timestamp])
-    in_test = F.coalesce(F.col(col_timestamp) >= _cutoff_column(cutoff), F.lit(False))
+    require_columns(df, [col_user, col_item, col_timestamp], "interactions")
+    in_test = F.coalesce(F.col(col_timestamp) >= timestamp_literal(cutoff, "cutoff"), F.lit(False))
     train = df.filter(~in_test)
     test = df.filter(in_test)
     return train, _warm_test(train, test, col_user, col_item, "time_split", drop_repeats=True)

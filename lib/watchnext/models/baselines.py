@@ -17,9 +17,10 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from watchnext.checks import require_columns, timestamp_literal
 from watchnext.constants import (
     COL_ITEM_IDX,
     COL_PREDICTION,
@@ -32,13 +33,6 @@ from watchnext.constants import (
 log = logging.getLogger(__name__)
 
 COL_BIAS = "bias"
-_UTC = dt.timezone(dt.timedelta(0))
-
-
-def _require(df: DataFrame, cols: list[str], what: str) -> None:
-    for c in cols:
-        if c not in df.columns:
-            raise ValueError(f"{what} is missing column '{c}' (has {df.columns})")
 
 
 def popularity_scores(
@@ -49,19 +43,8 @@ def popularity_scores(
     col_score: str = COL_SCORE,
 ) -> DataFrame:
     """``(col_item, col_score: double)``: number of distinct train users per item."""
-    _require(train, [col_user, col_item], "train")
+    require_columns(train, [col_user, col_item], "train")
     return train.groupBy(col_item).agg(F.countDistinct(col_user).cast("double").alias(col_score))
-
-
-def _as_of_column(as_of: dt.datetime | dt.date | str) -> Column:
-    if isinstance(as_of, dt.datetime):
-        aware = as_of if as_of.tzinfo else as_of.replace(tzinfo=_UTC)
-        return F.lit(aware).cast("timestamp")
-    if isinstance(as_of, dt.date):
-        return F.lit(dt.datetime.combine(as_of, dt.time(), tzinfo=_UTC)).cast("timestamp")
-    if isinstance(as_of, str):
-        return F.to_timestamp(F.lit(as_of))
-    raise TypeError(f"as_of must be a datetime, date, string or None, got {type(as_of).__name__}")
 
 
 def trending_scores(
@@ -83,14 +66,14 @@ def trending_scores(
     every train item is: ``score = window_users + users / (max_users + 1)``, so the order is by window
     users, then by overall popularity (the fraction is < 1).
     """
-    _require(train, [col_user, col_item, col_timestamp], "train")
+    require_columns(train, [col_user, col_item, col_timestamp], "train")
     if window_days <= 0:
         raise ValueError(f"window_days must be > 0, got {window_days}")
     if as_of is None:
         end = train.agg(F.max(col_timestamp).alias("_end"))
         events = train.crossJoin(F.broadcast(end))
     else:
-        events = train.withColumn("_end", _as_of_column(as_of))
+        events = train.withColumn("_end", timestamp_literal(as_of, "as_of"))
     seconds = int(round(float(window_days) * 86400))
     start = F.col("_end") - F.make_dt_interval(secs=F.lit(seconds))
     in_window = (F.col(col_timestamp) >= start) & (F.col(col_timestamp) <= F.col("_end"))
@@ -133,7 +116,7 @@ def fit_biases(
     checkpointed (reliably when the SparkContext has a checkpoint dir, else locally) so the lineage
     does not grow with ``iters``.
     """
-    _require(train, [col_user, col_item, col_rating], "train")
+    require_columns(train, [col_user, col_item, col_rating], "train")
     if reg_user < 0 or reg_item < 0:
         raise ValueError(f"bias regularisation must be >= 0, got reg_user={reg_user}, reg_item={reg_item}")
     if iters < 1:
@@ -179,7 +162,7 @@ def predict_biases(
     ``clip=(lo, hi)`` clamps the prediction to the rating scale.
     """
     u, i = model.col_user, model.col_item
-    _require(pairs, [u, i], "pairs")
+    require_columns(pairs, [u, i], "pairs")
     pred = F.lit(model.mu) + F.coalesce(F.col("_bu"), F.lit(0.0)) + F.coalesce(F.col("_bi"), F.lit(0.0))
     if clip is not None:
         pred = F.least(F.greatest(pred, F.lit(float(clip[0]))), F.lit(float(clip[1])))

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from watchnext.checks import require_columns
 from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ _SEEN = "_seen"
 _BLOCK_CELLS = 1 << 25
 _MAX_BLOCK = 8192
 _TIED_CHUNK = 256  # rows re-sorted at once when the K-th score is tied
-
-
-def _require(df: DataFrame, cols: list[str], what: str) -> None:
-    for c in cols:
-        if c not in df.columns:
-            raise ValueError(f"{what} is missing column '{c}' (has {df.columns})")
 
 
 def top_positions(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,10 +102,10 @@ def topk_from_factors(
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    _require(user_factors, [col_user, col_features], "user_factors")
-    _require(item_factors, [col_item, col_features], "item_factors")
+    require_columns(user_factors, [col_user, col_features], "user_factors")
+    require_columns(item_factors, [col_item, col_features], "item_factors")
     if seen is not None:
-        _require(seen, [col_user, col_item], "seen")
+        require_columns(seen, [col_user, col_item], "seen")
     np_dtype = np.dtype(dtype)
     spark = user_factors.sparkSession
     out_schema = T.StructType(
@@ -201,8 +196,8 @@ def topk_from_item_scores(
     :func:`topk_from_factors` with 1-dim factors (``q_i = [score_i]``, ``p_u = [1]``) in float64, so
     the scores come back unchanged; ties go to the smaller item.
     """
-    _require(item_scores, [col_item, col_score], "item_scores")
-    _require(users, [col_user], "users")
+    require_columns(item_scores, [col_item, col_score], "item_scores")
+    require_columns(users, [col_user], "users")
     feats = "_f"
     item_f = item_scores.select(col_item, F.array(F.col(col_score).cast("double")).alias(feats))
     user_f = users.select(col_user).distinct().withColumn(feats, F.array(F.lit(1.0)))

@@ -247,6 +247,65 @@ class AlsConfig(_Strict):
     model_alias: str = "candidate"
 
 
+# ------------------------------------------------------------------------------------------ content
+class ContentConfig(_Strict):
+    """Item content features (features/content.py): one L2-normalised block per signal, weighted."""
+
+    genre_weight: float = Field(1.0, ge=0)  # multi-hot genres
+    tag_weight: float = Field(1.0, ge=0)  # TF-IDF over the item's tags
+    title_weight: float = Field(0.5, ge=0)  # TF-IDF over title words (year suffix removed)
+    year_weight: float = Field(0.5, ge=0)  # one-hot release-year bucket
+    year_bucket_years: int = Field(10, ge=1)  # bucket width: decades by default
+    tag_vocab_size: int = Field(5000, ge=1)
+    title_vocab_size: int = Field(5000, ge=1)
+    min_df: int = Field(2, ge=1)  # a tag or title word must occur in this many items
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ContentConfig:
+        if not any((self.genre_weight, self.tag_weight, self.title_weight, self.year_weight)):
+            raise ValueError("content: every block weight is 0, no features are left")
+        return self
+
+
+class ClustersConfig(_Strict):
+    """Genre clusters over content features (models/clusters.py)."""
+
+    algorithm: Literal["kmeans", "bisecting"] = "kmeans"
+    k: int | None = Field(None, ge=2)  # None: the best silhouette over k_min..k_max step k_step
+    k_min: int = Field(8, ge=2)
+    k_max: int = Field(40, ge=2)
+    k_step: int = Field(4, ge=1)
+    max_iter: int = Field(40, ge=1)
+    seed: int = 42
+    # user_cluster_affinity share = (n_uc + m * p_c) / (n_u + m), p_c the cluster's global share.
+    affinity_smoothing: float = Field(5.0, ge=0)
+    label_genres: int = Field(2, ge=1)  # genres named in a cluster's label
+    label_tags: int = Field(1, ge=0)  # tags named in a cluster's label
+    registered_model: str = "watchnext-clusters"
+
+    @model_validator(mode="after")
+    def _range(self) -> ClustersConfig:
+        if self.k is None and self.k_min > self.k_max:
+            raise ValueError(f"clusters.k_min ({self.k_min}) > clusters.k_max ({self.k_max})")
+        return self
+
+
+class SimilarityConfig(_Strict):
+    """Item-item neighbours and user-user neighbours (models/similarity.py)."""
+
+    k: int = Field(20, ge=1)  # neighbours kept per item and source
+    sources: list[Literal["als", "content", "cooccurrence"]] = Field(
+        default_factory=lambda: ["als", "content", "cooccurrence"]
+    )
+    block_size: int = Field(2048, ge=1)  # rows per block of the blocked exact top-K
+    # Items with fewer interactions get no als/cooccurrence neighbours (too little evidence); the
+    # content source covers every item, cold ones included.
+    min_item_interactions: int = Field(3, ge=1)
+    cooccurrence_measure: Literal["jaccard", "cosine"] = "jaccard"
+    min_cooccurrence: int = Field(2, ge=1)  # users two items must share to be neighbours
+    user_k: int = Field(50, ge=1)  # neighbours per user (user-based CF)
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 class EvaluationConfig(_Strict):
     """The offline protocol every model is scored under (the project's quality bar)."""
@@ -282,6 +341,9 @@ class Config(_Strict):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     als: AlsConfig = Field(default_factory=AlsConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    clusters: ClustersConfig = Field(default_factory=ClustersConfig)
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

@@ -45,9 +45,27 @@ TABLE_ITEM_FACTORS = "item_factors"
 TABLE_EVAL_RECS = "eval_recommendations"  # each model's top-K on the evaluation protocol's train split
 TABLE_EVAL_PREDICTIONS = "eval_predictions"  # explicit rating predictions for the test pairs
 TABLE_EVALUATION = "evaluation"
+TABLE_ITEM_FEATURES = "item_features"  # content feature vectors
+TABLE_ITEM_CLUSTERS = "item_clusters"
+TABLE_CLUSTERS = "clusters"
+TABLE_USER_CLUSTER_AFFINITY = "user_cluster_affinity"
+TABLE_ITEM_SIMILARITIES = "item_similarities"
+TABLE_USER_NEIGHBORS = "user_neighbors"
 
 COL_MODEL = "model"
 COL_METRIC = "metric"
 COL_K = "k"
 COL_VALUE = "value"
 COL_FEATURES = "features"  # factor vector, array<float>
+
+# Clusters and neighbours
+COL_CLUSTER = "cluster_id"
+COL_LABEL = "label"
+COL_SIZE = "size"
+COL_TOP_GENRES = "top_genres"
+COL_TOP_TAGS = "top_tags"
+COL_SHARE = "share"
+COL_N_INTERACTIONS = "n_interactions"
+COL_NEIGHBOR = "neighbor_id"
+COL_NEIGHBOR_IDX = "neighbor_idx"
+COL_SOURCE = "source"

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, str] = {
     "ingest": "watchnext.stages.ingest:run",
     "als": "watchnext.stages.als:run",
+    "clusters": "watchnext.stages.clusters:run",
+    "similarities": "watchnext.stages.similarities:run",
     "evaluate": "watchnext.stages.evaluate:run",
 }
 

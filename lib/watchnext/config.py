@@ -304,6 +304,9 @@ class SimilarityConfig(_Strict):
     cooccurrence_measure: Literal["jaccard", "cosine"] = "jaccard"
     min_cooccurrence: int = Field(2, ge=1)  # users two items must share to be neighbours
     user_k: int = Field(50, ge=1)  # neighbours per user (user-based CF)
+    # User-based CF neighbours from shared items (scored offline too) or from ALS user factors
+    # (serving only: the factors are fitted on every interaction, so they cannot be scored offline).
+    user_source: Literal["cooccurrence", "als"] = "cooccurrence"
 
 
 # ---------------------------------------------------------------------------------------- evaluation

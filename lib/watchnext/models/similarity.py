@@ -1,0 +1,472 @@
+"""Exact top-K neighbours, computed blockwise across the cluster; item-item and user-user CF on top.
+
+The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` similarity matrix:
+
+1. **Pack.** Rows (items or users) are vectors: dense (ALS factors) or sparse (TF-IDF content
+   vectors, or the set of users who watched an item). Each row goes to block
+   ``pmod(xxhash64(id), n_blocks)`` with ``n_blocks = ceil(n / block_size)``, so blocks hold about
+   ``block_size`` rows whatever the id distribution. A block becomes one record: its ids in ascending
+   order and its matrix (a flat dense array, or CSR parts), built with SQL higher-order functions.
+2. **Pair.** Block records are cross-joined into block pairs ``(a, b)``; when the candidates are the
+   rows themselves (symmetric similarity) only ``a <= b`` is formed and ``(a, b)`` serves both
+   directions, which halves the work. Each block travels to ``n_blocks`` tasks, the cost of any
+   blocked matrix product (as in MLlib's ``BlockMatrix.multiply``), but never a cell of ``S``.
+3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
+   product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
+   :func:`~watchnext.models.topk.top_positions` (and each column's, for ``a < b``).
+4. **Merge.** Every row has at most ``n_blocks * K`` candidates; a window keeps the K best.
+
+Measures (``measure``):
+
+* ``cosine``: rows are L2-normalised while packing; ``S = A @ B.T``. Zero vectors have no direction
+  and are left out (they get no neighbours and are nobody's neighbour).
+* ``jaccard`` and ``set_cosine``: rows are binary sets (e.g. an item's users); with the overlap
+  ``C = A @ B.T``, ``S = C / (|a| + |b| - C)`` or ``S = C / sqrt(|a| |b|)``. Pairs sharing fewer
+  than ``min_overlap`` members are not neighbours.
+
+Order: score descending, ties broken by the smaller neighbour id, exactly (the same rule as the
+user top-K). Scores are computed in ``dtype`` (float32 by default, like Spark's factors).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.linalg import SparseVector, Vector, VectorUDT
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from watchnext.checks import require_columns
+from watchnext.constants import (
+    COL_FEATURES,
+    COL_ITEM_IDX,
+    COL_NEIGHBOR_IDX,
+    COL_RANK,
+    COL_SCORE,
+    COL_USER_IDX,
+)
+from watchnext.models.topk import top_positions
+
+log = logging.getLogger(__name__)
+
+Measure = Literal["cosine", "jaccard", "set_cosine"]
+_SET_MEASURES = ("jaccard", "set_cosine")
+
+# Internal column names of the packed representation.
+_ID, _DENSE, _IDX, _VAL, _BLOCK = "_id", "_dense", "_idx", "_val", "_block"
+_IDS, _DATA, _LENS, _INDICES, _VALUES = "_ids", "_data", "_lens", "_indices", "_values"
+_SEED = 20240601  # block hashing seed: any fixed value; part of no result
+
+
+# ------------------------------------------------------------------------------------ row formats
+def dense_rows(df: DataFrame, *, col_id: str, col_features: str = COL_FEATURES) -> DataFrame:
+    """``(col_id, col_features: array<float|double>)`` -> the engine's dense row format."""
+    require_columns(df, [col_id, col_features], "dense rows")
+    return df.select(
+        F.col(col_id).cast("long").alias(_ID), F.col(col_features).cast("array<double>").alias(_DENSE)
+    )
+
+
+def sparse_rows(df: DataFrame, *, col_id: str, col_features: str = COL_FEATURES) -> DataFrame:
+    """``(col_id, col_features: ml Vector)`` -> the engine's sparse row format (non-zeros only)."""
+    require_columns(df, [col_id, col_features], "sparse rows")
+    if not isinstance(df.schema[col_features].dataType, VectorUDT):
+        raise ValueError(
+            f"column '{col_features}' must be an ml Vector, got {df.schema[col_features].dataType}"
+        )
+    parts = F.udf(
+        _nonzeros,
+        T.StructType(
+            [
+                T.StructField("i", T.ArrayType(T.IntegerType())),
+                T.StructField("v", T.ArrayType(T.DoubleType())),
+            ]
+        ),
+    )
+    return df.select(F.col(col_id).cast("long").alias(_ID), parts(col_features).alias("_p")).select(
+        _ID, F.col("_p.i").alias(_IDX), F.col("_p.v").alias(_VAL)
+    )
+
+
+def _nonzeros(v: Vector | None) -> tuple[list[int], list[float]]:
+    # A Python UDF: ml Vectors have no SQL accessors, and vector_to_array would densify them.
+    if v is None:
+        return [], []
+    if isinstance(v, SparseVector):
+        keep = v.values != 0
+        return v.indices[keep].tolist(), v.values[keep].tolist()
+    arr = v.toArray()
+    nz = np.flatnonzero(arr)
+    return nz.tolist(), arr[nz].tolist()
+
+
+def set_rows(df: DataFrame, *, col_id: str, col_member: str) -> DataFrame:
+    """Pairs ``(col_id, col_member)`` (e.g. item, user) -> one binary sparse row per ``col_id``."""
+    require_columns(df, [col_id, col_member], "set rows")
+    members = F.array_sort(F.collect_set(F.col(col_member).cast("int")))
+    return (
+        df.groupBy(F.col(col_id).cast("long").alias(_ID))
+        .agg(members.alias(_IDX))
+        .select(_ID, _IDX, F.transform(_IDX, lambda _: F.lit(1.0)).alias(_VAL))
+    )
+
+
+def _kind(rows: DataFrame) -> str:
+    if _DENSE in rows.columns:
+        return "dense"
+    if {_IDX, _VAL} <= set(rows.columns):
+        return "sparse"
+    raise ValueError("rows must come from dense_rows, sparse_rows or set_rows")
+
+
+# ------------------------------------------------------------------------------------------ engine
+def _check_measure(kind: str, measure: Measure) -> None:
+    if measure in _SET_MEASURES and kind == "dense":
+        raise ValueError(f"{measure} needs set rows (set_rows), not dense vectors")
+
+
+def _pack(rows: DataFrame, kind: str, measure: Measure, n_blocks: int) -> DataFrame:
+    """One record per block: ids ascending and the block's matrix (a flat dense array, or CSR parts),
+    L2-normalised rows for cosine; rows that can have no neighbour (zero or empty) are left out."""
+    block = F.pmod(F.xxhash64(F.col(_ID), F.lit(_SEED)), F.lit(n_blocks)).cast("int")
+    cosine = measure == "cosine"
+
+    def pack_dense(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values(_ID, kind="stable")
+        m = np.stack(pdf[_DENSE].to_numpy()).astype(np.float64) if len(pdf) else np.zeros((0, 0))
+        norms = np.linalg.norm(m, axis=1)
+        keep = norms > 0
+        m = m[keep] / norms[keep, None] if cosine else m[keep]
+        return pd.DataFrame({_BLOCK: [block_of(pdf)], _IDS: [pdf[_ID].to_numpy()[keep]], _DATA: [m.ravel()]})
+
+    def pack_sparse(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values(_ID, kind="stable")
+        lens = pdf[_IDX].map(len).to_numpy()
+        keep = lens > 0
+        block_id = block_of(pdf)
+        pdf, lens = pdf[keep], lens[keep]
+        indices = np.concatenate([np.zeros(0, np.int32), *(np.asarray(x) for x in pdf[_IDX])])
+        values = np.concatenate([np.zeros(0), *(np.asarray(x) for x in pdf[_VAL])]).astype(np.float64)
+        if cosine and len(values):
+            row = np.repeat(np.arange(len(lens)), lens)
+            norms = np.sqrt(np.bincount(row, weights=values * values, minlength=len(lens)))
+            values = values / norms[row]
+        return pd.DataFrame(
+            {
+                _BLOCK: [block_id],
+                _IDS: [pdf[_ID].to_numpy()],
+                _LENS: [lens.astype(np.int32)],
+                _INDICES: [indices.astype(np.int32)],
+                _VALUES: [values],
+            }
+        )
+
+    with_block = rows.withColumn(_BLOCK, block)
+    if kind == "dense":
+        schema = f"{_BLOCK} int, {_IDS} array<long>, {_DATA} array<double>"
+        return with_block.groupBy(_BLOCK).applyInPandas(pack_dense, schema)
+    schema = ", ".join(
+        [
+            f"{_BLOCK} int",
+            f"{_IDS} array<long>",
+            f"{_LENS} array<int>",
+            f"{_INDICES} array<int>",
+            f"{_VALUES} array<double>",
+        ]
+    )
+    return with_block.groupBy(_BLOCK).applyInPandas(pack_sparse, schema)
+
+
+def block_of(pdf: pd.DataFrame) -> int:
+    return int(pdf[_BLOCK].iloc[0])  # applyInPandas never calls with an empty group
+
+
+def _matrix(rec: pd.Series, side: str, kind: str, dtype: np.dtype, n_cols: int) -> object:
+    ids = np.asarray(rec[f"{side}{_IDS}"], dtype=np.int64)
+    if kind == "dense":
+        data = np.asarray(rec[f"{side}{_DATA}"], dtype=dtype)
+        return data.reshape(len(ids), -1)
+    from scipy import sparse
+
+    lens = np.asarray(rec[f"{side}{_LENS}"], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    indices = np.asarray(rec[f"{side}{_INDICES}"], dtype=np.int64)
+    values = np.asarray(rec[f"{side}{_VALUES}"], dtype=dtype)
+    return sparse.csr_matrix((values, indices, indptr), shape=(len(ids), n_cols))
+
+
+def blocked_topk(
+    rows: DataFrame,
+    k: int,
+    *,
+    candidates: DataFrame | None = None,
+    measure: Measure = "cosine",
+    block_size: int = 2048,
+    min_overlap: int = 1,
+    positive_only: bool = False,
+    exclude_self: bool = True,
+    dtype: str = "float32",
+    col_id: str = COL_ITEM_IDX,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+    col_score: str = COL_SCORE,
+    col_rank: str = COL_RANK,
+) -> DataFrame:
+    """Top ``k`` neighbours of every row of ``rows`` among ``candidates`` (default: ``rows`` itself).
+
+    ``rows``/``candidates`` come from :func:`dense_rows`, :func:`sparse_rows` or :func:`set_rows`
+    (the same kind on both sides). Returns ``(col_id, col_neighbor: long, col_score: double,
+    col_rank: int 1..k)``; a row with fewer than ``k`` admissible neighbours gets a shorter list.
+    ``exclude_self`` drops pairs of equal ids; ``positive_only`` drops scores <= 0 (no shared
+    feature); ``min_overlap`` (set measures) is the least number of shared members.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if measure not in ("cosine", *_SET_MEASURES):
+        raise ValueError(f"unknown measure {measure!r}: cosine | jaccard | set_cosine")
+    kind = _kind(rows)
+    symmetric = candidates is None
+    if not symmetric and _kind(candidates) != kind:
+        raise ValueError("rows and candidates must be the same kind (dense or sparse)")
+    np_dtype = np.dtype(dtype)
+
+    _check_measure(kind, measure)
+    n = max(rows.count(), 1 if symmetric else candidates.count(), 1)
+    n_blocks = max(1, math.ceil(n / block_size))
+    lp = _pack(rows, kind, measure, n_blocks)
+    rp = lp if symmetric else _pack(candidates, kind, measure, n_blocks)
+    lp = lp.select([F.col(c).alias(f"a{c}") for c in lp.columns])
+    rp = rp.select([F.col(c).alias(f"b{c}") for c in rp.columns])
+    pairs = lp.crossJoin(rp)
+    if symmetric:
+        pairs = pairs.where(F.col(f"a{_BLOCK}") <= F.col(f"b{_BLOCK}"))
+    # Few pairs per task, so an Arrow batch holds a few pairs' blocks, not thousands (and tiny
+    # blocks, as in tests, do not mean one task per pair).
+    n_pairs = n_blocks * (n_blocks + 1) // 2 if symmetric else n_blocks * n_blocks
+    parallelism = rows.sparkSession.sparkContext.defaultParallelism
+    n_tasks = min(n_pairs, max(2 * parallelism, math.ceil(n_pairs / 16)))
+    pairs = pairs.repartition(n_tasks, f"a{_BLOCK}", f"b{_BLOCK}")
+    log.info(
+        "blocked top-%d (%s, %s): %d rows, %d blocks, %d block pairs", k, kind, measure, n, n_blocks, n_pairs
+    )
+
+    schema = T.StructType(
+        [
+            T.StructField(col_id, T.LongType(), False),
+            T.StructField(col_neighbor, T.LongType(), False),
+            T.StructField(col_score, T.DoubleType(), False),
+        ]
+    )
+
+    def emit(ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        top, vals = top_positions(scores, k)
+        keep = vals > -np.inf
+        rid = np.broadcast_to(ids[:, None], top.shape)
+        return pd.DataFrame(
+            {col_id: rid[keep], col_neighbor: nbr_ids[top[keep]], col_score: vals[keep].astype(np.float64)}
+        )
+
+    def multiply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            for _, rec in pdf.iterrows():
+                a_ids = np.asarray(rec[f"a{_IDS}"], dtype=np.int64)
+                b_ids = np.asarray(rec[f"b{_IDS}"], dtype=np.int64)
+                n_cols = 0
+                if kind == "sparse":
+                    n_cols = 1 + max(
+                        int(np.max(rec[f"a{_INDICES}"], initial=-1)),
+                        int(np.max(rec[f"b{_INDICES}"], initial=-1)),
+                    )
+                a = _matrix(rec, "a", kind, np_dtype, n_cols)
+                b = _matrix(rec, "b", kind, np_dtype, n_cols)
+                prod = a @ b.T
+                s = np.asarray(prod.toarray() if hasattr(prod, "toarray") else prod, dtype=np_dtype)
+                if measure in _SET_MEASURES:
+                    # Counts are exact; one correctly rounded division (and a monotone sqrt) maps
+                    # equal fractions to equal floats, so tied pairs stay tied.
+                    na = np.asarray(rec[f"a{_LENS}"], dtype=np.float64)[:, None]
+                    nb = np.asarray(rec[f"b{_LENS}"], dtype=np.float64)[None, :]
+                    overlap = s.astype(np.float64)
+                    if measure == "jaccard":
+                        s = overlap / (na + nb - overlap)
+                    else:
+                        s = np.sqrt(overlap * overlap / (na * nb))
+                    s[overlap < min_overlap] = -np.inf
+                if positive_only:
+                    s[s <= 0] = -np.inf
+                s[np.isnan(s)] = -np.inf
+                if exclude_self:
+                    s[np.equal.outer(a_ids, b_ids)] = -np.inf
+                yield emit(a_ids, b_ids, s)
+                if symmetric and rec[f"a{_BLOCK}"] != rec[f"b{_BLOCK}"]:
+                    yield emit(b_ids, a_ids, s.T)
+
+    candidates_df = pairs.mapInPandas(multiply, schema)
+    order = Window.partitionBy(col_id).orderBy(F.col(col_score).desc(), F.col(col_neighbor).asc())
+    return (
+        candidates_df.withColumn(col_rank, F.row_number().over(order).cast("int"))
+        .where(F.col(col_rank) <= k)
+        .select(col_id, col_neighbor, col_score, col_rank)
+    )
+
+
+# ------------------------------------------------------------------------------ neighbour sources
+def item_neighbors_from_factors(
+    item_factors: DataFrame,
+    k: int,
+    *,
+    block_size: int = 2048,
+    col_item: str = COL_ITEM_IDX,
+    col_features: str = COL_FEATURES,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """Cosine neighbours of ALS item factors ``(col_item, col_features)``: ``(col_item, col_neighbor,
+    score, rank)``."""
+    rows = dense_rows(item_factors, col_id=col_item, col_features=col_features)
+    return _named(blocked_topk(rows, k, block_size=block_size), col_item, col_neighbor)
+
+
+def item_neighbors_from_content(
+    features: DataFrame,
+    k: int,
+    *,
+    block_size: int = 2048,
+    col_item: str = COL_ITEM_IDX,
+    col_features: str = COL_FEATURES,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """Cosine neighbours of content vectors (ml Vectors); items sharing no feature are not neighbours."""
+    rows = sparse_rows(features, col_id=col_item, col_features=col_features)
+    return _named(blocked_topk(rows, k, block_size=block_size, positive_only=True), col_item, col_neighbor)
+
+
+def item_neighbors_from_cooccurrence(
+    interactions: DataFrame,
+    k: int,
+    *,
+    measure: Literal["jaccard", "cosine"] = "jaccard",
+    min_overlap: int = 2,
+    block_size: int = 2048,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """Classic item-based CF: items watched by the same users.
+
+    An item is the set of its users. ``jaccard``: ``|U_i & U_j| / |U_i | U_j|``; ``cosine`` (binary):
+    ``|U_i & U_j| / sqrt(|U_i| |U_j|)``. Pairs sharing fewer than ``min_overlap`` users are dropped
+    (one shared user is noise, not evidence).
+    """
+    rows = set_rows(interactions, col_id=col_item, col_member=col_user)
+    engine_measure: Measure = "set_cosine" if measure == "cosine" else "jaccard"
+    out = blocked_topk(rows, k, measure=engine_measure, min_overlap=min_overlap, block_size=block_size)
+    return _named(out, col_item, col_neighbor)
+
+
+def user_neighbors_from_factors(
+    user_factors: DataFrame,
+    k: int,
+    *,
+    block_size: int = 2048,
+    col_user: str = COL_USER_IDX,
+    col_features: str = COL_FEATURES,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """User-based CF neighbours: cosine of ALS user factors, ``(col_user, col_neighbor, score, rank)``."""
+    rows = dense_rows(user_factors, col_id=col_user, col_features=col_features)
+    return _named(blocked_topk(rows, k, block_size=block_size), col_user, col_neighbor)
+
+
+def user_neighbors_from_cooccurrence(
+    interactions: DataFrame,
+    k: int,
+    *,
+    min_overlap: int = 2,
+    block_size: int = 2048,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """User-based CF neighbours from shared items: binary cosine ``|I_u & I_v| / sqrt(|I_u| |I_v|)``
+    over users' item sets, at least ``min_overlap`` shared items."""
+    rows = set_rows(interactions, col_id=col_user, col_member=col_item)
+    out = blocked_topk(rows, k, measure="set_cosine", min_overlap=min_overlap, block_size=block_size)
+    return _named(out, col_user, col_neighbor)
+
+
+def _named(df: DataFrame, col_id: str, col_neighbor: str) -> DataFrame:
+    out = df.withColumnRenamed(COL_ITEM_IDX, col_id) if col_id != COL_ITEM_IDX else df
+    out = out.withColumnRenamed(COL_NEIGHBOR_IDX, col_neighbor) if col_neighbor != COL_NEIGHBOR_IDX else out
+    return out.select(
+        F.col(col_id).cast("int").alias(col_id),
+        F.col(col_neighbor).cast("int").alias(col_neighbor),
+        COL_SCORE,
+        COL_RANK,
+    )
+
+
+# ------------------------------------------------------------------------------ candidate scoring
+def item_based_scores(
+    neighbors: DataFrame,
+    seen: DataFrame,
+    k: int,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """Item-kNN recommendations: ``score(u, i) = sum of sim(j, i) over the user's seen items j`` that
+    have ``i`` among their neighbours; seen items excluded; top ``k`` per user, ties to the smaller
+    item. ``neighbors``: ``(col_item, col_neighbor, score)``; ``seen``: ``(col_user, col_item)``."""
+    require_columns(neighbors, [col_item, col_neighbor, COL_SCORE], "neighbors")
+    require_columns(seen, [col_user, col_item], "seen")
+    pairs = seen.select(col_user, col_item).distinct()
+    votes = (
+        pairs.join(neighbors.select(col_item, col_neighbor, COL_SCORE), col_item)
+        .groupBy(col_user, F.col(col_neighbor).alias(col_item))
+        .agg(F.sum(COL_SCORE).alias(COL_SCORE))
+    )
+    return _top_per_user(votes.join(pairs, [col_user, col_item], "left_anti"), k, col_user, col_item)
+
+
+def user_based_scores(
+    user_neighbors: DataFrame,
+    interactions: DataFrame,
+    k: int,
+    *,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_neighbor: str = COL_NEIGHBOR_IDX,
+) -> DataFrame:
+    """User-kNN recommendations: ``score(u, i) = sum of sim(u, v) over neighbours v who saw i``,
+    divided by ``sum |sim(u, v)|`` (so scores are comparable across users); the user's own items
+    excluded; top ``k`` per user, ties to the smaller item."""
+    require_columns(user_neighbors, [col_user, col_neighbor, COL_SCORE], "user_neighbors")
+    require_columns(interactions, [col_user, col_item], "interactions")
+    pairs = interactions.select(col_user, col_item).distinct()
+    norm = user_neighbors.groupBy(col_user).agg(F.sum(F.abs(COL_SCORE)).alias("_norm"))
+    votes = (
+        user_neighbors.select(col_user, col_neighbor, COL_SCORE)
+        .join(pairs.withColumnRenamed(col_user, col_neighbor), col_neighbor)
+        .groupBy(col_user, col_item)
+        .agg(F.sum(COL_SCORE).alias("_votes"))
+        .join(norm, col_user)
+        .select(col_user, col_item, (F.col("_votes") / F.col("_norm")).alias(COL_SCORE))
+    )
+    return _top_per_user(votes.join(pairs, [col_user, col_item], "left_anti"), k, col_user, col_item)
+
+
+def _top_per_user(scores: DataFrame, k: int, col_user: str, col_item: str) -> DataFrame:
+    order = Window.partitionBy(col_user).orderBy(F.col(COL_SCORE).desc(), F.col(col_item).asc())
+    return (
+        scores.withColumn(COL_RANK, F.row_number().over(order).cast("int"))
+        .where(F.col(COL_RANK) <= k)
+        .select(col_user, col_item, F.col(COL_SCORE).cast("double").alias(COL_SCORE), COL_RANK)
+    )

@@ -81,7 +81,7 @@ def sparse_rows(df: DataFrame, *, col_id: str, col_features: str = COL_FEATURES)
             f"column '{col_features}' must be an ml Vector, got {df.schema[col_features].dataType}"
         )
     parts = F.udf(
-        _nonzeros,
+        lambda v: _nonzeros(v),  # a lambda: type hints would make Spark guess a pandas UDF
         T.StructType(
             [
                 T.StructField("i", T.ArrayType(T.IntegerType())),

@@ -1,0 +1,313 @@
+"""Similarities stage: "because you watched" neighbours per item, and user-based CF neighbours.
+
+For the run date, per configured source (``similarity.sources``), the top ``similarity.k`` neighbours
+of every item, with the exact blocked engine of ``models/similarity.py``:
+
+* ``als``: cosine of the ALS item factors (``item_factors``, written by the als stage);
+* ``cooccurrence``: items watched by the same users (Jaccard or binary cosine, ``min_cooccurrence``);
+* ``content``: cosine of the content vectors (``item_features``, written by the clusters stage). This
+  is the source that reaches cold items: the two interaction-based sources only cover items with at
+  least ``min_item_interactions`` interactions, content covers every item in the catalogue.
+
+Tables (each replaces exactly its run date in one Delta commit):
+
+* ``item_similarities``: item_id, item_idx, neighbor_id, neighbor_idx, rank, score, source, run_id,
+  run_date;
+* ``user_neighbors``: user_id, user_idx, neighbor_id, neighbor_idx, rank, score, source, run_id,
+  run_date (``similarity.user_k`` per user, from shared items or ALS user factors).
+
+Offline, on the protocol's train split, the stage also writes the item-kNN (co-occurrence), content-kNN
+and user-kNN top-K lists to ``eval_recommendations`` so the evaluate stage scores them beside ALS and
+the baselines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from watchnext import tables, tracking
+from watchnext.config import Config
+from watchnext.constants import (
+    COL_FEATURES,
+    COL_ITEM,
+    COL_ITEM_IDX,
+    COL_NEIGHBOR,
+    COL_NEIGHBOR_IDX,
+    COL_RANK,
+    COL_RUN_DATE,
+    COL_RUN_ID,
+    COL_SCORE,
+    COL_SOURCE,
+    COL_TITLE,
+    COL_USER,
+    COL_USER_IDX,
+    TABLE_INTERACTIONS,
+    TABLE_ITEM_FACTORS,
+    TABLE_ITEM_FEATURES,
+    TABLE_ITEM_SIMILARITIES,
+    TABLE_ITEMS,
+    TABLE_USER_FACTORS,
+    TABLE_USER_INDEX,
+    TABLE_USER_NEIGHBORS,
+)
+from watchnext.evaluation import protocol
+from watchnext.models.similarity import (
+    item_based_scores,
+    item_neighbors_from_content,
+    item_neighbors_from_cooccurrence,
+    item_neighbors_from_factors,
+    user_based_scores,
+    user_neighbors_from_cooccurrence,
+    user_neighbors_from_factors,
+)
+
+log = logging.getLogger(__name__)
+
+# Which stage writes each input table, for the error when it is missing.
+_WRITTEN_BY = {TABLE_ITEM_FACTORS: "als", TABLE_USER_FACTORS: "als", TABLE_ITEM_FEATURES: "clusters"}
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sim = cfg.similarity
+    run_id = tracking.active_run_id()
+    interactions = (
+        tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
+        .select(COL_USER_IDX, COL_ITEM_IDX, "rating", "timestamp")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
+        COL_ITEM, COL_ITEM_IDX, COL_TITLE
+    )
+    summary: dict[str, Any] = {"sources": {}}
+    try:
+        warm = _warm_items(interactions, sim.min_item_interactions)
+        neighbours = []
+        for source in sim.sources:
+            ts = time.perf_counter()
+            nb = _item_source(spark, cfg, run_date, source, interactions, warm).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            stats = _stats(nb)
+            stats["seconds"] = round(time.perf_counter() - ts, 2)
+            summary["sources"][source] = stats
+            tracking.log_metrics({f"{source}.{k}": v for k, v in stats.items()})
+            neighbours.append(nb.withColumn(COL_SOURCE, F.lit(source)))
+        if neighbours:
+            table = _union(neighbours)
+            out = _with_item_ids(table, items).select(
+                "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
+            )
+            tables.overwrite_run_date(
+                out, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date, f"similarities run_id={run_id}"
+            )
+            sample = _sample_text(spark, cfg, run_date, items)
+            tracking.log_text(sample, "neighbours_sample.txt")
+        for nb in neighbours:
+            nb.unpersist()
+
+        ts = time.perf_counter()
+        users = _user_neighbours(spark, cfg, run_date, interactions)
+        user_ids = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
+        out = (
+            users.join(user_ids, COL_USER_IDX)
+            .join(
+                user_ids.select(
+                    F.col(COL_USER).alias(COL_NEIGHBOR), F.col(COL_USER_IDX).alias(COL_NEIGHBOR_IDX)
+                ),
+                COL_NEIGHBOR_IDX,
+            )
+            .select(
+                COL_USER,
+                COL_USER_IDX,
+                COL_NEIGHBOR,
+                COL_NEIGHBOR_IDX,
+                COL_RANK,
+                COL_SCORE,
+                F.lit(sim.user_source).alias(COL_SOURCE),
+                F.lit(run_id).alias(COL_RUN_ID),
+                F.lit(run_date).alias(COL_RUN_DATE),
+            )
+        )
+        tables.overwrite_run_date(
+            out, cfg.table_path(TABLE_USER_NEIGHBORS), run_date, f"similarities run_id={run_id}"
+        )
+        summary["user_neighbors"] = {"source": sim.user_source, "seconds": round(time.perf_counter() - ts, 2)}
+
+        summary["offline"] = _offline_lists(spark, cfg, run_date, run_id, interactions)
+    finally:
+        interactions.unpersist()
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ sources
+def _warm_items(interactions: DataFrame, min_interactions: int) -> DataFrame:
+    """Items with enough interactions for the interaction-based sources."""
+    return (
+        interactions.groupBy(COL_ITEM_IDX)
+        .agg(F.count(F.lit(1)).alias("_n"))
+        .where(F.col("_n") >= min_interactions)
+        .select(COL_ITEM_IDX)
+    )
+
+
+def _item_source(
+    spark: SparkSession, cfg: Config, run_date: dt.date, source: str, interactions: DataFrame, warm: DataFrame
+) -> DataFrame:
+    sim = cfg.similarity
+    if source == "als":
+        factors = _input(spark, cfg, TABLE_ITEM_FACTORS, run_date).join(warm, COL_ITEM_IDX, "left_semi")
+        return item_neighbors_from_factors(factors, sim.k, block_size=sim.block_size)
+    if source == "cooccurrence":
+        return item_neighbors_from_cooccurrence(
+            interactions.join(warm, COL_ITEM_IDX, "left_semi"),
+            sim.k,
+            measure=sim.cooccurrence_measure,
+            min_overlap=sim.min_cooccurrence,
+            block_size=sim.block_size,
+        )
+    if source == "content":
+        features = _input(spark, cfg, TABLE_ITEM_FEATURES, run_date).select(COL_ITEM_IDX, COL_FEATURES)
+        return item_neighbors_from_content(features, sim.k, block_size=sim.block_size)
+    raise ValueError(f"unknown similarity source {source!r}")
+
+
+def _user_neighbours(
+    spark: SparkSession, cfg: Config, run_date: dt.date, interactions: DataFrame
+) -> DataFrame:
+    sim = cfg.similarity
+    if sim.user_source == "als":
+        factors = _input(spark, cfg, TABLE_USER_FACTORS, run_date)
+        return user_neighbors_from_factors(factors, sim.user_k, block_size=sim.block_size)
+    return user_neighbors_from_cooccurrence(
+        interactions, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
+    )
+
+
+def _input(spark: SparkSession, cfg: Config, table: str, run_date: dt.date) -> DataFrame:
+    path = cfg.table_path(table)
+    if not tables.exists(spark, path):
+        raise FileNotFoundError(
+            f"similarities needs the '{table}' table ({path}); run the {_WRITTEN_BY[table]} stage first"
+        )
+    df = tables.read_run_date(spark, path, run_date)
+    if df.isEmpty():
+        raise FileNotFoundError(
+            f"'{table}' has no rows for run_date {run_date}; run the {_WRITTEN_BY[table]} stage for that date"
+        )
+    return df
+
+
+# ---------------------------------------------------------------------------------- offline lists
+def _offline_lists(
+    spark: SparkSession, cfg: Config, run_date: dt.date, run_id: str, interactions: DataFrame
+) -> dict[str, Any]:
+    """Item-, content- and user-kNN top-K for the test users, fitted on the protocol's train split."""
+    sim = cfg.similarity
+    train, test = (
+        df.persist(StorageLevel.MEMORY_AND_DISK) for df in protocol.split(interactions, cfg.evaluation)
+    )
+    k = max(cfg.evaluation.ks + [cfg.evaluation.k])
+    users = test.select(COL_USER_IDX).distinct()
+    seen = train.select(COL_USER_IDX, COL_ITEM_IDX)
+    written = []
+    try:
+        if "cooccurrence" in sim.sources:
+            warm = _warm_items(train, sim.min_item_interactions)
+            nb = item_neighbors_from_cooccurrence(
+                train.join(warm, COL_ITEM_IDX, "left_semi"),
+                sim.k,
+                measure=sim.cooccurrence_measure,
+                min_overlap=sim.min_cooccurrence,
+                block_size=sim.block_size,
+            )
+            recs = item_based_scores(nb, seen.join(users, COL_USER_IDX, "left_semi"), k)
+            protocol.write_recommendations(recs, cfg, "item_knn", run_date, run_id)
+            written.append("item_knn")
+        if "content" in sim.sources:
+            # Content neighbours use no interactions: the full-data table is free of test leakage.
+            nb = tables.read_run_date(spark, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date).where(
+                F.col(COL_SOURCE) == "content"
+            )
+            recs = item_based_scores(nb, seen.join(users, COL_USER_IDX, "left_semi"), k)
+            protocol.write_recommendations(recs, cfg, "content_knn", run_date, run_id)
+            written.append("content_knn")
+        if sim.user_source == "cooccurrence":
+            un = user_neighbors_from_cooccurrence(
+                train, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
+            ).join(users, COL_USER_IDX, "left_semi")
+            recs = user_based_scores(un, seen, k)
+            protocol.write_recommendations(recs, cfg, "user_knn", run_date, run_id)
+            written.append("user_knn")
+        else:
+            log.info("user_source=als: user-kNN is not scored offline (its factors saw the test split)")
+    finally:
+        train.unpersist()
+        test.unpersist()
+    return {"eval_models": written}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+def _with_item_ids(neighbours: DataFrame, items: DataFrame) -> DataFrame:
+    ids = items.select(COL_ITEM, COL_ITEM_IDX)
+    nbr = ids.select(F.col(COL_ITEM).alias(COL_NEIGHBOR), F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX))
+    return (
+        neighbours.join(ids, COL_ITEM_IDX)
+        .join(nbr, COL_NEIGHBOR_IDX)
+        .select(COL_ITEM, COL_ITEM_IDX, COL_NEIGHBOR, COL_NEIGHBOR_IDX, COL_RANK, COL_SCORE, COL_SOURCE)
+    )
+
+
+def _stats(nb: DataFrame) -> dict[str, float]:
+    row = nb.agg(
+        F.countDistinct(COL_ITEM_IDX).alias("items"),
+        F.count(F.lit(1)).alias("pairs"),
+        F.avg(COL_SCORE).alias("mean_score"),
+    ).first()
+    return {
+        "items": int(row["items"]),
+        "pairs": int(row["pairs"]),
+        "mean_score": float(row["mean_score"] or 0.0),
+    }
+
+
+def _sample_text(spark: SparkSession, cfg: Config, run_date: dt.date, items: DataFrame, n: int = 10) -> str:
+    """Top-5 neighbours per source of the ``n`` most-watched items, for a human look in MLflow."""
+    inter = tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
+    top = [
+        r[0]
+        for r in inter.groupBy(COL_ITEM_IDX).count().orderBy(F.desc("count"), COL_ITEM_IDX).limit(n).collect()
+    ]
+    sims = (
+        tables.read_run_date(spark, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date)
+        .where(F.col(COL_ITEM_IDX).isin(top) & (F.col(COL_RANK) <= 5))
+        .join(
+            items.select(F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX), F.col(COL_TITLE).alias("_nt")),
+            COL_NEIGHBOR_IDX,
+        )
+        .join(items.select(COL_ITEM_IDX, COL_TITLE), COL_ITEM_IDX)
+        .orderBy(COL_ITEM_IDX, COL_SOURCE, COL_RANK)
+        .collect()
+    )
+    lines, current = [], None
+    for r in sims:
+        if (r[COL_ITEM_IDX], r[COL_SOURCE]) != current:
+            current = (r[COL_ITEM_IDX], r[COL_SOURCE])
+            lines.append(f"{r[COL_TITLE]} [{r[COL_SOURCE]}]")
+        lines.append(f"  {r[COL_RANK]}. {r['_nt']} ({r[COL_SCORE]:.3f})")
+    return "\n".join(lines)

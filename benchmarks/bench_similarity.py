@@ -102,9 +102,15 @@ def naive(unit_arr: DataFrame, k: int) -> DataFrame:
     return top_k(pairs, k)
 
 
-def recall(approx: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    hits = approx.merge(truth, on=[COL_ITEM_IDX, COL_NEIGHBOR_IDX]).shape[0]
-    return hits / (truth[COL_ITEM_IDX].nunique() * k)
+def recall(found: pd.DataFrame, unit: np.ndarray, ids: np.ndarray, kth: np.ndarray, k: int) -> float:
+    """recall@K, tie-aware: a returned neighbour counts when its exact (float64) cosine reaches the
+    item's exact K-th best cosine (minus 1e-6). ALS factors of items rated by the same one or two
+    users are near-duplicates, so the identity of the K-th neighbour is arbitrary; its score is not."""
+    pos = pd.Series(np.arange(len(ids)), index=ids)
+    a = pos[found[COL_ITEM_IDX].to_numpy()].to_numpy()
+    b = pos[found[COL_NEIGHBOR_IDX].to_numpy()].to_numpy()
+    cos = np.einsum("ij,ij->i", unit[a], unit[b])
+    return float(np.sum(cos >= kth[a] - 1e-6)) / (len(ids) * k)
 
 
 def main(argv: list[str]) -> int:
@@ -115,10 +121,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--block-size", type=int, default=2048)
     p.add_argument("--naive-items", type=int, default=3000)
-    p.add_argument("--buckets", default="0.05,0.1,0.2,0.4")
-    p.add_argument("--tables", default="2,4,8")
+    p.add_argument("--buckets", default="0.1,0.2,0.4,0.8")
+    p.add_argument("--tables", default="1,2,4")
     p.add_argument("--threshold-quantile", type=float, default=0.99)
-    p.add_argument("--lsh-budget", type=float, default=900.0, help="stop the LSH grid after this many s")
+    p.add_argument("--lsh-budget", type=float, default=1200.0, help="stop the LSH grid after this many s")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
@@ -150,20 +156,15 @@ def main(argv: list[str]) -> int:
     timed(exact(f.limit(500), args.k, args.block_size))
     t_exact = timed(exact(f, args.k, args.block_size))
     truth = exact(f, args.k, args.block_size).toPandas()
-    print(f"blocked exact        {t_exact:8.2f} s   recall@{args.k} 1.000", flush=True)
+    print(f"blocked exact        {t_exact:8.2f} s", flush=True)
 
-    # numpy check that the engine is exact here too (float32 vs float64 near-ties aside)
+    # the exact lists against numpy in float64 (the engine scores in float32)
     sims = unit_np @ unit_np.T
     np.fill_diagonal(sims, -np.inf)
-    kth = -np.sort(-sims, axis=1)[:, args.k - 1]
+    kth = -np.partition(-sims, args.k - 1, axis=1)[:, args.k - 1]
+    del sims
     ids = fpdf[COL_ITEM_IDX].to_numpy()
-    ref = pd.DataFrame(
-        {
-            COL_ITEM_IDX: np.repeat(ids, args.k),
-            COL_NEIGHBOR_IDX: ids[np.argsort(-sims, axis=1, kind="stable")[:, : args.k]].ravel(),
-        }
-    )
-    print(f"  (exact vs numpy float64 recall {recall(truth, ref, args.k):.4f})", flush=True)
+    print(f"  exact blocked vs numpy float64: recall@{args.k} {recall(truth, unit_np, ids, kth, args.k):.4f}")
 
     # LSH grid at a threshold that admits the exact K-th neighbour of most items
     dist_k = np.sqrt(np.maximum(0.0, 2 - 2 * kth))
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> int:
             got = res.toPandas()
             dt = time.perf_counter() - t
             spent += dt
-            r = recall(got, truth, args.k)
+            r = recall(got, unit_np, ids, kth, args.k)
             lsh_rows.append({"bucket": bucket, "tables": tables, "seconds": dt, "recall": r})
             print(f"LSH b={bucket:<5} L={tables:<2}   {dt:8.2f} s   recall@{args.k} {r:.3f}", flush=True)
 

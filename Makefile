@@ -60,7 +60,7 @@ test-fast: setup ## Tests without the slow / horovod markers
 lint: setup ## ruff
 	$(VENV)/bin/ruff check lib jobs tests benchmarks airflow_dags
 
-quality: setup ## Quality report: ingest -> ALS -> evaluate on ../shared/datasets/ml-latest-small
+quality: setup ## Quality report: the whole pipeline on ../shared/datasets/ml-latest-small
 	$(PY) benchmarks/quality.py $(ARGS)
 
 bench: setup ## Benchmarks (ratios measured side by side; installs the [bench] extra, e.g. `implicit`)

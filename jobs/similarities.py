@@ -1,4 +1,5 @@
-"""spark-submit entry point: `spark-submit jobs/similarities.py --run-date YYYY-MM-DD [--env ...] [--conf k=v]`.
+"""spark-submit entry point:
+`spark-submit jobs/similarities.py --run-date YYYY-MM-DD [--env ...] [--conf k=v]`.
 """
 
 from __future__ import annotations

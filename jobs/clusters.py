@@ -1,4 +1,6 @@
-"""spark-submit entry point: `spark-submit jobs/clusters.py --run-date YYYY-MM-DD [--env ...] [--conf k=v]`."""
+"""spark-submit entry point:
+`spark-submit jobs/clusters.py --run-date YYYY-MM-DD [--env ...] [--conf k=v]`.
+"""
 
 from __future__ import annotations
 

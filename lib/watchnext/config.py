@@ -276,6 +276,7 @@ class ClustersConfig(_Strict):
     k_max: int = Field(40, ge=2)
     k_step: int = Field(4, ge=1)
     max_iter: int = Field(40, ge=1)
+    n_init: int = Field(5, ge=1)  # k-means starts per k (seeds seed..seed+n_init-1); the lowest cost wins
     seed: int = 42
     # user_cluster_affinity share = (n_uc + m * p_c) / (n_u + m), p_c the cluster's global share.
     affinity_smoothing: float = Field(5.0, ge=0)

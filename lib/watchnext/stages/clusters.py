@@ -86,7 +86,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             note,
         )
 
-        result = fit_clusters(features, cfg.clusters)
+        result = fit_clusters(features, cfg.clusters, n_init=cfg.clusters.n_init)
         for k, s in sorted(result.silhouette.items()):
             tracking.log_metrics({"silhouette": s}, step=k)
         tracking.log_metrics(

@@ -330,7 +330,11 @@ def item_neighbors_from_factors(
     """Cosine neighbours of ALS item factors ``(col_item, col_features)``: ``(col_item, col_neighbor,
     score, rank)``."""
     rows = dense_rows(item_factors, col_id=col_item, col_features=col_features)
-    return _named(blocked_topk(rows, k, block_size=block_size), col_item, col_neighbor)
+    return _named(
+        blocked_topk(rows, k, block_size=block_size, col_id=col_item, col_neighbor=col_neighbor),
+        col_item,
+        col_neighbor,
+    )
 
 
 def item_neighbors_from_content(
@@ -344,7 +348,10 @@ def item_neighbors_from_content(
 ) -> DataFrame:
     """Cosine neighbours of content vectors (ml Vectors); items sharing no feature are not neighbours."""
     rows = sparse_rows(features, col_id=col_item, col_features=col_features)
-    return _named(blocked_topk(rows, k, block_size=block_size, positive_only=True), col_item, col_neighbor)
+    out = blocked_topk(
+        rows, k, block_size=block_size, positive_only=True, col_id=col_item, col_neighbor=col_neighbor
+    )
+    return _named(out, col_item, col_neighbor)
 
 
 def item_neighbors_from_cooccurrence(
@@ -366,7 +373,15 @@ def item_neighbors_from_cooccurrence(
     """
     rows = set_rows(interactions, col_id=col_item, col_member=col_user)
     engine_measure: Measure = "set_cosine" if measure == "cosine" else "jaccard"
-    out = blocked_topk(rows, k, measure=engine_measure, min_overlap=min_overlap, block_size=block_size)
+    out = blocked_topk(
+        rows,
+        k,
+        measure=engine_measure,
+        min_overlap=min_overlap,
+        block_size=block_size,
+        col_id=col_item,
+        col_neighbor=col_neighbor,
+    )
     return _named(out, col_item, col_neighbor)
 
 
@@ -381,7 +396,11 @@ def user_neighbors_from_factors(
 ) -> DataFrame:
     """User-based CF neighbours: cosine of ALS user factors, ``(col_user, col_neighbor, score, rank)``."""
     rows = dense_rows(user_factors, col_id=col_user, col_features=col_features)
-    return _named(blocked_topk(rows, k, block_size=block_size), col_user, col_neighbor)
+    return _named(
+        blocked_topk(rows, k, block_size=block_size, col_id=col_user, col_neighbor=col_neighbor),
+        col_user,
+        col_neighbor,
+    )
 
 
 def user_neighbors_from_cooccurrence(
@@ -397,14 +416,21 @@ def user_neighbors_from_cooccurrence(
     """User-based CF neighbours from shared items: binary cosine ``|I_u & I_v| / sqrt(|I_u| |I_v|)``
     over users' item sets, at least ``min_overlap`` shared items."""
     rows = set_rows(interactions, col_id=col_user, col_member=col_item)
-    out = blocked_topk(rows, k, measure="set_cosine", min_overlap=min_overlap, block_size=block_size)
+    out = blocked_topk(
+        rows,
+        k,
+        measure="set_cosine",
+        min_overlap=min_overlap,
+        block_size=block_size,
+        col_id=col_user,
+        col_neighbor=col_neighbor,
+    )
     return _named(out, col_user, col_neighbor)
 
 
 def _named(df: DataFrame, col_id: str, col_neighbor: str) -> DataFrame:
-    out = df.withColumnRenamed(COL_ITEM_IDX, col_id) if col_id != COL_ITEM_IDX else df
-    out = out.withColumnRenamed(COL_NEIGHBOR_IDX, col_neighbor) if col_neighbor != COL_NEIGHBOR_IDX else out
-    return out.select(
+    """The engine's long ids back to the int indices the tables use."""
+    return df.select(
         F.col(col_id).cast("int").alias(col_id),
         F.col(col_neighbor).cast("int").alias(col_neighbor),
         COL_SCORE,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from functools import reduce
 from typing import Any
 
 from pyspark import StorageLevel
@@ -101,14 +102,14 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             tracking.log_metrics({f"{source}.{k}": v for k, v in stats.items()})
             neighbours.append(nb.withColumn(COL_SOURCE, F.lit(source)))
         if neighbours:
-            table = _union(neighbours)
+            table = reduce(DataFrame.unionByName, neighbours)
             out = _with_item_ids(table, items).select(
                 "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
             )
             tables.overwrite_run_date(
                 out, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date, f"similarities run_id={run_id}"
             )
-            sample = _sample_text(spark, cfg, run_date, items)
+            sample = _sample_text(spark, cfg, run_date, items, interactions)
             tracking.log_text(sample, "neighbours_sample.txt")
         for nb in neighbours:
             nb.unpersist()
@@ -256,13 +257,6 @@ def _offline_lists(
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _union(frames: list[DataFrame]) -> DataFrame:
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    return out
-
-
 def _with_item_ids(neighbours: DataFrame, items: DataFrame) -> DataFrame:
     ids = items.select(COL_ITEM, COL_ITEM_IDX)
     nbr = ids.select(F.col(COL_ITEM).alias(COL_NEIGHBOR), F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX))
@@ -286,9 +280,10 @@ def _stats(nb: DataFrame) -> dict[str, float]:
     }
 
 
-def _sample_text(spark: SparkSession, cfg: Config, run_date: dt.date, items: DataFrame, n: int = 10) -> str:
+def _sample_text(
+    spark: SparkSession, cfg: Config, run_date: dt.date, items: DataFrame, inter: DataFrame, n: int = 10
+) -> str:
     """Top-5 neighbours per source of the ``n`` most-watched items, for a human look in MLflow."""
-    inter = tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
     top = [
         r[0]
         for r in inter.groupBy(COL_ITEM_IDX).count().orderBy(F.desc("count"), COL_ITEM_IDX).limit(n).collect()

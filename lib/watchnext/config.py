@@ -310,6 +310,59 @@ class SimilarityConfig(_Strict):
     user_source: Literal["cooccurrence", "als"] = "cooccurrence"
 
 
+# ----------------------------------------------------------------------------------------- recommend
+RecommendSource = Literal["als", "ncf", "item", "user", "cluster", "popular", "trending"]
+
+
+class BlendTuningConfig(_Strict):
+    """Blend weights tuned on a validation split carved from the protocol's train split."""
+
+    enabled: bool = True
+    method: Literal["tpe", "random"] = "tpe"  # Optuna sampler
+    n_trials: int = Field(150, ge=1)
+    validation_ratio: float = Field(0.25, gt=0, lt=1)  # share of each user's train items held out
+    seed: int = 44
+    # Users whose validation pools are pulled to the driver to tune on (a uniform hash sample).
+    max_users: int = Field(20000, ge=1)
+
+
+class RecommendConfig(_Strict):
+    """Candidates, blend, cold start, diversity and the published tables (stages/recommend.py)."""
+
+    n: int = Field(10, ge=1)  # items per user in `recommendations`
+    candidates: int = Field(100, ge=1)  # M: candidates per user and source
+    sources: list[RecommendSource] = Field(
+        default_factory=lambda: ["als", "item", "user", "cluster", "popular", "trending"]
+    )
+    # Neighbours behind the item-item candidates and `because_you_watched` (item_similarities source).
+    item_source: Literal["cooccurrence", "als", "content"] = "cooccurrence"
+    recent_items: int | None = Field(None, ge=1)  # item-item anchors: the user's latest N (None: all)
+    normalization: Literal["rank", "minmax"] = "rank"
+    # The blend used when tuning is off, and the tuner's first trial.
+    weights: dict[RecommendSource, float] = Field(
+        default_factory=lambda: {"als": 1.0, "item": 0.3, "user": 0.5, "cluster": 0.1, "popular": 0.05}
+    )
+    # Switching rule: users with fewer interactions than this get the cold weights instead.
+    cold_threshold: int = Field(5, ge=0)
+    cold_weights: dict[RecommendSource, float] = Field(
+        default_factory=lambda: {"cluster": 1.0, "trending": 0.3, "popular": 0.1}
+    )
+    max_per_cluster: int | None = Field(4, ge=1)  # diversity cap per genre cluster in a top-N
+    cluster_top: int = Field(3, ge=1)  # favourite clusters feeding the cluster source
+    genre_rows: int = Field(5, ge=0)  # rows per user in `genre_rows`
+    genre_row_length: int = Field(10, ge=1)
+    because_k: int = Field(10, ge=1)  # neighbours per item in `because_you_watched`
+    tuning: BlendTuningConfig = Field(default_factory=BlendTuningConfig)
+
+    @model_validator(mode="after")
+    def _backfill(self) -> RecommendConfig:
+        if "popular" not in self.sources and "trending" not in self.sources:
+            raise ValueError("recommend.sources needs 'popular' or 'trending': they backfill every list")
+        if self.candidates < self.n:
+            raise ValueError(f"recommend.candidates ({self.candidates}) < recommend.n ({self.n})")
+        return self
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 class EvaluationConfig(_Strict):
     """The offline protocol every model is scored under (the project's quality bar)."""
@@ -348,6 +401,7 @@ class Config(_Strict):
     content: ContentConfig = Field(default_factory=ContentConfig)
     clusters: ClustersConfig = Field(default_factory=ClustersConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

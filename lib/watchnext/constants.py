@@ -69,3 +69,14 @@ COL_N_INTERACTIONS = "n_interactions"
 COL_NEIGHBOR = "neighbor_id"
 COL_NEIGHBOR_IDX = "neighbor_idx"
 COL_SOURCE = "source"
+
+# Recommendations (recommend stage; read by watchnext.serving)
+TABLE_RECOMMENDATIONS = "recommendations"  # every run date's top-N lists, partitioned by run_date
+TABLE_RECOMMENDATIONS_LATEST = "recommendations_latest"  # the newest run's lists, sorted by user_id
+COL_SOURCES = "sources"  # array<string>: the candidate sources that proposed the item
+COL_MODEL_VERSIONS = "model_versions"  # map<string,string>: model name -> registry version
+TABLE_GENRE_ROWS = "genre_rows"  # Netflix-style rows: per user, favourite clusters and their items
+TABLE_BECAUSE_YOU_WATCHED = "because_you_watched"  # item -> neighbours with reason text
+TABLE_NCF_SCORES = "ncf_scores"  # NeuMF scores of candidate (user, item) pairs
+COL_ANCHOR = "anchor_id"  # the watched item behind a "because you watched" reason
+COL_ROW = "row"  # position of a genre row on a user's page

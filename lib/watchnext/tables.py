@@ -79,3 +79,24 @@ def _sql_literal(v: object) -> str:
     if isinstance(v, int | float):
         return str(v)
     return "'" + str(v).replace("'", "''") + "'"
+
+
+def _identifier(path: str) -> str:
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
+    """Set table properties (e.g. the MLflow run that wrote the table) in one metadata commit."""
+    pairs = ", ".join(f"{_sql_literal(k)} = {_sql_literal(v)}" for k, v in sorted(properties.items()))
+    spark.sql(f"ALTER TABLE {_identifier(path)} SET TBLPROPERTIES ({pairs})")
+
+
+def replace_with_properties(
+    spark: SparkSession, df: DataFrame, path: str, properties: dict[str, str]
+) -> None:
+    """Replace the whole table, data, schema and ``properties``, in one commit (CREATE OR REPLACE)."""
+    writer = df.writeTo(_identifier(path)).using("delta")
+    for k, v in sorted(properties.items()):
+        writer = writer.tableProperty(k, v)
+    writer.createOrReplace()
+    log.info("replaced Delta table %s", path)

@@ -1,0 +1,283 @@
+"""The recommend stage end to end on planted-cluster synthetic data: real Spark, Delta, MLflow.
+
+One module fixture runs ingest (plus a user with a single interaction and a known user with none),
+als, clusters and similarities; the tests run the recommend stage on top and check the published
+tables: exactly N distinct unseen items per known user, the cold fallbacks, the cluster cap, reasons,
+genre rows, because-you-watched, the serving read, idempotent re-runs, other dates untouched, and a
+failure in the middle of the stage leaving the previous table versions as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from conftest import RUN_DATE, local_overrides
+from watchnext import pipeline, tables
+from watchnext.config import Config, load_config
+from watchnext.constants import (
+    TABLE_BECAUSE_YOU_WATCHED,
+    TABLE_CLUSTERS,
+    TABLE_EVAL_RECS,
+    TABLE_GENRE_ROWS,
+    TABLE_INTERACTIONS,
+    TABLE_ITEM_CLUSTERS,
+    TABLE_ITEM_FACTORS,
+    TABLE_ITEM_SIMILARITIES,
+    TABLE_ITEMS,
+    TABLE_RECOMMENDATIONS,
+    TABLE_RECOMMENDATIONS_LATEST,
+    TABLE_USER_CLUSTER_AFFINITY,
+    TABLE_USER_FACTORS,
+    TABLE_USER_INDEX,
+    TABLE_USER_NEIGHBORS,
+)
+from watchnext.ingest.raw import RawSource
+from watchnext.ingest.synthetic import generate
+from watchnext.serving import RecommendationStore
+from watchnext.stages import ingest
+from watchnext.stages import recommend as recommend_stage
+
+pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.slow]
+
+N, CAP = 10, 3
+ONE_ITEM_USER = "900001"  # one interaction: below the cold threshold
+GHOST_USER = "900002"  # known (in user_index) but no interactions in this run date
+OTHER_DATE = RUN_DATE - dt.timedelta(days=1)
+UPSTREAM = [
+    TABLE_INTERACTIONS,
+    TABLE_ITEMS,
+    TABLE_USER_FACTORS,
+    TABLE_ITEM_FACTORS,
+    TABLE_ITEM_CLUSTERS,
+    TABLE_CLUSTERS,
+    TABLE_USER_CLUSTER_AFFINITY,
+    TABLE_ITEM_SIMILARITIES,
+    TABLE_USER_NEIGHBORS,
+]
+
+
+@pytest.fixture(scope="module")
+def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    """Every upstream stage run once for RUN_DATE, plus the two cold users."""
+    tmp: Path = tmp_path_factory.mktemp("recommend")
+    cfg = load_config(env="local", overrides=local_overrides(tmp)).with_overrides(
+        "als.tuning.enabled=false",
+        "als.rank=16",
+        "als.max_iter=8",
+        "clusters.k=4",
+        "similarity.k=10",
+        "similarity.user_k=20",
+        f"recommend.n={N}",
+        f"recommend.max_per_cluster={CAP}",
+        "recommend.candidates=30",
+        "recommend.genre_rows=2",
+        "recommend.genre_row_length=5",
+        "recommend.because_k=5",
+        "recommend.tuning.n_trials=25",
+    )
+    data = generate(spark, cfg.ingest.synthetic)
+    first = data.source.interactions.limit(1)
+    one = first.withColumn("user_id", F.lit(ONE_ITEM_USER))
+    source = RawSource(
+        name=data.source.name,
+        interactions=data.source.interactions.unionByName(one),
+        items=data.source.items,
+        timestamp_format=data.source.timestamp_format,
+    )
+    ingest.run(spark, cfg, RUN_DATE, source=source)
+    index = tables.read(spark, cfg.table_path(TABLE_USER_INDEX))
+    next_idx = index.agg(F.max("user_idx")).first()[0] + 1
+    ghost = index.limit(1).withColumn("user_id", F.lit(GHOST_USER)).withColumn("user_idx", F.lit(next_idx))
+    tables.append(ghost.select(*index.columns), cfg.table_path(TABLE_USER_INDEX))
+    pipeline.run_pipeline(spark, cfg, RUN_DATE, ["als", "clusters", "similarities"])
+    yield cfg
+
+
+def _read(spark: SparkSession, cfg: Config, table: str, run_date: dt.date = RUN_DATE) -> DataFrame:
+    return tables.read_run_date(spark, cfg.table_path(table), run_date)
+
+
+def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession, built: Config) -> None:
+    cfg = built
+    result = pipeline.run_pipeline(spark, cfg, RUN_DATE, ["recommend", "evaluate"])
+    summary = result["recommend"]
+    recs = _read(spark, cfg, TABLE_RECOMMENDATIONS).persist()
+    users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select("user_id")
+    inter = _read(spark, cfg, TABLE_INTERACTIONS)
+
+    # exactly N distinct items, ranks 1..N, for every known user (the ghost and the one-item user too)
+    per_user = recs.groupBy("user_id").agg(
+        F.count("*").alias("rows"),
+        F.countDistinct("item_id").alias("items"),
+        F.min("rank").alias("lo"),
+        F.max("rank").alias("hi"),
+        F.countDistinct("rank").alias("ranks"),
+    )
+    expected = users.select(
+        "user_id",
+        F.lit(N).cast("long").alias("rows"),
+        F.lit(N).cast("long").alias("items"),
+        F.lit(1).alias("lo"),
+        F.lit(N).alias("hi"),
+        F.lit(N).cast("long").alias("ranks"),
+    )
+    assertDataFrameEqual(per_user, expected)
+    # none seen
+    assert recs.join(inter, ["user_id", "item_id"]).isEmpty()
+    # scores non-increasing with rank
+    w = F.lag("score").over(Window.partitionBy("user_id").orderBy("rank"))
+    assert recs.withColumn("_prev", w).where(F.col("_prev") < F.col("score")).isEmpty()
+
+    # the cluster cap: no user has more than CAP items of one cluster
+    ic = _read(spark, cfg, TABLE_ITEM_CLUSTERS).select("item_id", "cluster_id")
+    over = recs.join(ic, "item_id").groupBy("user_id", "cluster_id").count().where(F.col("count") > CAP)
+    assert over.isEmpty()
+
+    # cold users: the cold weights (cluster / trending / popular reasons), never a collaborative one
+    cold = recs.where(F.col("user_id").isin(ONE_ITEM_USER, GHOST_USER)).toPandas()
+    assert set(cold.user_id) == {ONE_ITEM_USER, GHOST_USER}
+    ok = cold.reason.str.startswith("Popular in ") | cold.reason.isin(
+        ["Trending now", "Popular on watchnext"]
+    )
+    assert ok.all(), cold[["user_id", "reason"]]
+    ghost = cold[cold.user_id == GHOST_USER]
+    assert not ghost.reason.str.startswith("Popular in ").any()  # no history, no cluster affinity
+
+    # reasons are human-readable and the anchors are items the user watched
+    warm = recs.where(~F.col("user_id").isin(ONE_ITEM_USER, GHOST_USER))
+    because = warm.where(F.col("reason").startswith("Because you watched "))
+    assert not because.isEmpty()
+    titles = _read(spark, cfg, TABLE_ITEMS).select("item_id", "title")
+    watched_titles = inter.join(titles, "item_id").select(
+        "user_id", F.concat(F.lit("Because you watched "), "title").alias("reason")
+    )
+    assert because.join(watched_titles, ["user_id", "reason"], "left_anti").isEmpty()
+    # lineage and model versions
+    row = recs.select("run_id", "model_versions", "sources").first()
+    assert row.run_id == summary["mlflow_run_id"] and row.model_versions == {"als": "1", "clusters": "1"}
+    assert set(row.sources) <= {"als", "item", "user", "cluster", "popular", "trending"}
+    props = DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS)).detail().first().properties
+    assert props["watchnext.run_id"] == summary["mlflow_run_id"]
+
+    # recommendations_latest holds the same rows, and the serving read returns what Spark wrote
+    latest = tables.read(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
+    assertDataFrameEqual(latest, recs)
+    store = RecommendationStore(cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
+    for r in recs.select("user_id").distinct().limit(25).collect():
+        served = store.for_user(r.user_id)
+        spark_rows = recs.where(F.col("user_id") == r.user_id).orderBy("rank").collect()
+        assert [(x.rank, x.item_id, x.title, x.score, x.reason, list(x.sources)) for x in served.items] == [
+            (s["rank"], s["item_id"], s["title"], s["score"], s["reason"], list(s["sources"]))
+            for s in spark_rows
+        ]
+
+    # genre rows: the user's two favourite clusters, 5 unseen items of that cluster each
+    rows = _read(spark, cfg, TABLE_GENRE_ROWS)
+    aff = _read(spark, cfg, TABLE_USER_CLUSTER_AFFINITY)
+    fav = aff.withColumn(
+        "row",
+        F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("share"), "cluster_id")),
+    ).where("row <= 2")
+    assertDataFrameEqual(
+        rows.groupBy("user_id", "row", "cluster_id").agg(F.count("*").alias("n")),
+        fav.select("user_id", F.col("row").cast("int"), "cluster_id", F.lit(5).cast("long").alias("n")),
+    )
+    item_cluster = ic.withColumnRenamed("cluster_id", "item_cluster")
+    assert rows.join(item_cluster, "item_id").where(F.col("cluster_id") != F.col("item_cluster")).isEmpty()
+    assert rows.join(inter, ["user_id", "item_id"]).isEmpty()
+    labels = _read(spark, cfg, TABLE_CLUSTERS).select("cluster_id", "label")
+    assertDataFrameEqual(
+        rows.select("cluster_id", "label").distinct(),
+        labels.join(rows.select("cluster_id").distinct(), "cluster_id"),
+    )
+
+    # because you watched: 5 co-occurrence neighbours per item, reason names the watched item
+    byw = _read(spark, cfg, TABLE_BECAUSE_YOU_WATCHED)
+    sims = _read(spark, cfg, TABLE_ITEM_SIMILARITIES).where("source = 'cooccurrence' AND rank <= 5")
+    assertDataFrameEqual(
+        byw.select("item_id", "rank", "neighbor_id", "score"),
+        sims.select("item_id", "rank", "neighbor_id", "score"),
+    )
+    named = byw.join(titles.withColumnRenamed("title", "t"), "item_id")
+    assert named.where(F.col("reason") != F.concat(F.lit("Because you watched "), F.col("t"))).isEmpty()
+
+    # offline: the blend list was scored by evaluate next to the single sources
+    assert "blend" in result["evaluate"]["ndcg_at_10"]
+    assert not _read(spark, cfg, TABLE_EVAL_RECS).where("model = 'blend'").isEmpty()
+    tuning = summary["tuning"]
+    assert tuning["validation_ndcg_at_10"] >= max(tuning["single_source"].values())
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert {f"blend.weight.{s}" for s in summary["weights"]} <= set(run.data.params)
+    assert "best_validation_ndcg_at_10" in run.data.metrics
+    recs.unpersist()
+
+
+def _copy_upstream(spark: SparkSession, cfg: Config, to: dt.date) -> None:
+    """Yesterday's inputs: every upstream table's RUN_DATE rows written again for ``to``."""
+    for table in UPSTREAM:
+        rows = _read(spark, cfg, table).withColumn("run_date", F.lit(to))
+        tables.overwrite_run_date(rows, cfg.table_path(table), to)
+
+
+def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
+    spark: SparkSession, built: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = built.with_overrides("recommend.tuning.enabled=false")
+    _copy_upstream(spark, cfg, OTHER_DATE)
+    pipeline.run_stage(spark, cfg, OTHER_DATE, "recommend")
+    pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    path = cfg.table_path(TABLE_RECOMMENDATIONS)
+    other = _read(spark, cfg, TABLE_RECOMMENDATIONS, OTHER_DATE).drop("run_id").localCheckpoint()
+    first = _read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id").localCheckpoint()
+    rows_first = _read(spark, cfg, TABLE_GENRE_ROWS).drop("run_id").localCheckpoint()
+    assert first.count() > 0 and other.count() > 0
+
+    pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id"), first)
+    assertDataFrameEqual(_read(spark, cfg, TABLE_GENRE_ROWS).drop("run_id"), rows_first)
+    assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS, OTHER_DATE).drop("run_id"), other)
+    # the older date did not replace the latest table
+    latest = tables.read(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
+    assert {r.run_date for r in latest.select("run_date").distinct().collect()} == {RUN_DATE}
+
+    # a task failing in the middle of the recommendations write: no commit, previous version intact
+    version = DeltaTable.forPath(spark, path).history(1).first().version
+    latest_version = (
+        DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)).history(1).first().version
+    )
+    real = recommend_stage._decorate
+    victim = first.orderBy("user_id").select("user_id").first()[0]
+
+    def explode(user: str) -> str:
+        if user == victim:
+            raise RuntimeError(f"injected failure at user {user}")
+        return user
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return real(*args, **kwargs).withColumn("user_id", F.udf(explode)("user_id"))
+
+    monkeypatch.setattr(recommend_stage, "_decorate", failing)
+    with pytest.raises(Exception, match="injected failure"):
+        pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    assert DeltaTable.forPath(spark, path).history(1).first().version == version
+    assert (
+        DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)).history(1).first().version
+        == latest_version
+    )
+    assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id"), first)
+    assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS, OTHER_DATE).drop("run_id"), other)
+
+
+def test_missing_input_names_the_stage(spark: SparkSession, cfg: Config) -> None:
+    ingest.run(spark, cfg, RUN_DATE)
+    with pytest.raises(FileNotFoundError, match="run the clusters stage first"):
+        pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")

@@ -1,4 +1,9 @@
-"""The ``watchnext`` command line: ``run``, one command per stage, and ``generate``."""
+"""The ``watchnext`` command line: ``run``, one command per stage, and ``generate``.
+
+``watchnext recommend --user ID`` is the serving read: it prints the user's latest top-N from the
+``recommendations_latest`` table (watchnext.serving) without starting Spark; without ``--user`` it runs
+the recommend stage like any other.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,25 @@ def _date(s: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"--run-date must be YYYY-MM-DD, got {s!r}") from None
 
 
+SERVE_COMMAND = "recommend"
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("serving read (no Spark)")
+    g.add_argument("--user", metavar="ID", help="print this user's latest recommendations instead of running")
+    g.add_argument("--n", type=_positive, metavar="N", help="at most N items (default: the whole list)")
+
+
+def _positive(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--n must be a positive integer, got {s!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from watchnext.pipeline import STAGES
 
@@ -41,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of stages, in order")
     _common(p)
     for name in STAGES:
-        _common(sub.add_parser(name, help=f"run the {name} stage"))
+        p = sub.add_parser(name, help=f"run the {name} stage")
+        _common(p)
+        if name == SERVE_COMMAND:
+            _serve_args(p)
+    if SERVE_COMMAND not in STAGES:  # the serving read works before (and without) the stage
+        p = sub.add_parser(SERVE_COMMAND, help="print a user's latest recommendations (--user)")
+        _common(p)
+        _serve_args(p)
     p = sub.add_parser("generate", help="write a synthetic dataset as a MovieLens-style CSV folder")
     p.add_argument("--out", required=True, help="folder to write ratings.csv and movies.csv into")
     _common(p)
@@ -49,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -59,14 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from watchnext.config import ConfigError, load_config
-    from watchnext.session import PreflightError
 
     try:
         cfg = load_config(env=args.env, files=args.config, overrides=args.conf)
     except ConfigError as exc:
         print(f"watchnext: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "user", None) is not None:
+        return serve(cfg, args.user, args.n, as_json=args.json)
     from watchnext import pipeline
+
+    if args.command not in ("run", "generate") and args.command not in pipeline.STAGES:
+        parser.error(f"'{args.command}' is not a registered stage yet; use --user ID for the serving read")
+    if getattr(args, "n", None) is not None:
+        parser.error("--n needs --user")
+    # Only the commands that run Spark get a session (and pay for the JVM).
+    from watchnext.session import PreflightError
 
     try:
         spark = pipeline.session_for(cfg)
@@ -87,6 +127,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {args.command: pipeline.run_stage(spark, cfg, args.run_date, args.command)}
     print(json.dumps(result, indent=2, default=str) if args.json else format_summary(result, cfg))
     return 0
+
+
+def serve(cfg: Any, user: str, n: int | None, as_json: bool = False) -> int:
+    """Print ``user``'s latest recommendations; exit 1 with one line if the user or the table is missing."""
+    from watchnext.serving import UnknownUserError, recommendations_for
+
+    try:
+        recs = recommendations_for(cfg, user, n)
+    except (UnknownUserError, FileNotFoundError) as exc:
+        print(f"watchnext: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(recs.to_dict(), indent=2, ensure_ascii=False) if as_json else format_recommendations(recs)
+    )
+    return 0
+
+
+def format_recommendations(recs: Any) -> str:
+    """``Top N for user U (run_date D, run R):`` then one line per item: rank, title, score, reason."""
+    width = min(max((len(r.display_title) for r in recs.items), default=0), 60)
+    run_date = recs.run_date.isoformat() if recs.run_date else "?"
+    run = recs.run_id or "?"
+    lines = [f"Top {len(recs.items)} for user {recs.user_id} (run_date {run_date}, run {run}):"]
+    for r in recs.items:
+        line = f"{r.rank:>2}. {r.display_title:<{width}}  {r.score:.3f}"
+        lines.append(f"{line}  {r.reason}" if r.reason else line)
+    return "\n".join(lines)
 
 
 def format_summary(result: dict[str, dict[str, Any]], cfg: Any) -> str:

@@ -197,17 +197,14 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         tables.set_properties(spark, path, props)
         summary["latest"] = _publish_latest(spark, cfg, run_date, props)
 
-        rows = _genre_rows(cfg, published, scored, item_clusters, users, items, labels)
-        tables.overwrite_run_date(
-            rows.select("*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)),
-            cfg.table_path(TABLE_GENRE_ROWS),
-            run_date,
-            note,
-        )
-        byw = _because_you_watched(spark, cfg, run_date, items).select(
-            "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
-        )
-        tables.overwrite_run_date(byw, cfg.table_path(TABLE_BECAUSE_YOU_WATCHED), run_date, note)
+        lineage = [F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)]
+        extra = {
+            TABLE_GENRE_ROWS: _genre_rows(cfg, published, scored, item_clusters, users, items, labels),
+            TABLE_BECAUSE_YOU_WATCHED: _because_you_watched(spark, cfg, run_date, items),
+        }
+        for table, df in extra.items():
+            tables.overwrite_run_date(df.select("*", *lineage), cfg.table_path(table), run_date, note)
+            tables.set_properties(spark, cfg.table_path(table), props)
         summary["publish_seconds"] = round(time.perf_counter() - ts, 2)
         summary["reasons"] = _reason_mix(out)
         tracking.log_metrics({f"reason_share.{r}": v for r, v in summary["reasons"].items()})

@@ -35,7 +35,7 @@ def _random_pool(
     pool = pd.DataFrame(rows, columns=["user_idx", "item_idx", "f_als", "f_item", "f_popular"])
     clusters = pd.DataFrame({"item_idx": range(n_items), "cluster_id": rng.integers(0, n_clusters, n_items)})
     clusters.loc[clusters.item_idx % 7 == 0, "cluster_id"] = None  # items without a cluster
-    pool = pool.assign(sources=[["als"]] * len(pool), anchor_idx=None)
+    pool = pool.assign(sources=[["als"]] * len(pool), anchor_idx=None, prior=rng.random(len(pool)))
     return pool, pd.DataFrame(truth, columns=["user_idx", "item_idx"]), clusters
 
 
@@ -44,7 +44,7 @@ def _pool_frames(spark: SparkSession, seed: int = 0):
     pool_df = spark.createDataFrame(
         pool,
         "user_idx int, item_idx int, f_als double, f_item double, f_popular double, "
-        "sources array<string>, anchor_idx int",
+        "sources array<string>, anchor_idx int, prior double",
     )
     clusters_df = spark.createDataFrame(
         clusters.astype({"cluster_id": "Int64"}), "item_idx int, cluster_id int"
@@ -60,7 +60,7 @@ def _reference_top_n(
     df = pool.merge(clusters, on="item_idx", how="left")
     df["score"] = (
         sum(w.get(s, 0.0) * df[f"f_{s}"] for s in ("als", "item", "popular"))
-        + B.BACKFILL_EPS * df["f_popular"]
+        + B.BACKFILL_EPS * df["prior"]
     )
     out = []
     for u, g in df.groupby("user_idx"):
@@ -97,9 +97,9 @@ def test_cap_holds_when_the_pool_allows(spark: SparkSession) -> None:
     rows = [(0, i, float(100 - i), 0.0, float(i)) for i in range(20)]
     clusters = pd.DataFrame({"item_idx": range(20), "cluster_id": [i % 5 for i in range(20)]})
     pool = spark.createDataFrame(
-        [(*r, ["als"], None) for r in rows],
+        [(*r, ["als"], None, 0.0) for r in rows],
         "user_idx int, item_idx int, f_als double, f_item double, f_popular double, "
-        "sources array<string>, anchor_idx int",
+        "sources array<string>, anchor_idx int, prior double",
     )
     scored = B.blend(pool, ["als", "item", "popular"], {"als": 1.0})
     top = B.select_top_n(scored, spark.createDataFrame(clusters), 10, 2).toPandas()
@@ -165,26 +165,30 @@ def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:
             (1, 11, "item", 0.9, 1, 7),
             (1, 12, "item", 0.2, 2, 8),
             (2, 10, "popular", 50.0, 1, None),
+            (2, 13, "backfill", 7.0, 1, None),  # internal: in the pool, no feature
+            (2, 14, "ncf", 7.0, 1, None),  # not a configured source: ignored
         ],
         CAND,
     )
-    got = B.pool(cand, ["als", "item", "popular"], m=4)
+    popularity = spark.createDataFrame([(10, 8.0), (11, 2.0), (13, 4.0)], "item_idx int, score double")
+    got = B.pool(cand, ["als", "item", "popular"], m=4, popularity=popularity)
     expected = [
-        (1, 10, 1.0, 0.0, 0.0, ["als"], None),
-        (1, 11, 0.75, 1.0, 0.0, ["als", "item"], 7),
-        (1, 12, 0.0, 0.75, 0.0, ["item"], 8),
-        (2, 10, 0.0, 0.0, 1.0, ["popular"], None),
+        (1, 10, 1.0, 0.0, 0.0, ["als"], None, 1.0),
+        (1, 11, 0.75, 1.0, 0.0, ["als", "item"], 7, 0.25),
+        (1, 12, 0.0, 0.75, 0.0, ["item"], 8, 0.0),
+        (2, 10, 0.0, 0.0, 1.0, ["popular"], None, 1.0),
+        (2, 13, 0.0, 0.0, 0.0, ["backfill"], None, 0.5),
     ]
     schema = (
         "user_idx int, item_idx int, f_als double, f_item double, f_popular double, sources array<string>, "
-        "anchor_idx int"
+        "anchor_idx int, prior double"
     )
     assertDataFrameEqual(got, spark.createDataFrame(expected, schema))
     mm = B.pool(cand, ["als", "item", "popular"], m=4, normalization="minmax")
     assertDataFrameEqual(
         mm.select("user_idx", "item_idx", "f_als", "f_item"),
         spark.createDataFrame(
-            [(1, 10, 1.0, 0.0), (1, 11, 0.0, 1.0), (1, 12, 0.0, 0.0), (2, 10, 0.0, 0.0)],
+            [(1, 10, 1.0, 0.0), (1, 11, 0.0, 1.0), (1, 12, 0.0, 0.0), (2, 10, 0.0, 0.0), (2, 13, 0.0, 0.0)],
             "user_idx int, item_idx int, f_als double, f_item double",
         ),
     )
@@ -194,8 +198,13 @@ def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:
 
 def test_blend_cold_users_switch_weights_and_dominant_source(spark: SparkSession) -> None:
     pool = spark.createDataFrame(
-        [(1, 10, 1.0, 0.0, 0.5, False), (1, 11, 0.0, 1.0, 0.0, False), (2, 10, 1.0, 0.0, 0.5, True)],
-        "user_idx int, item_idx int, f_als double, f_cluster double, f_trending double, cold boolean",
+        [
+            (1, 10, 1.0, 0.0, 0.5, False, 0.0),
+            (1, 11, 0.0, 1.0, 0.0, False, 0.0),
+            (2, 10, 1.0, 0.0, 0.5, True, 0.0),
+        ],
+        "user_idx int, item_idx int, f_als double, f_cluster double, f_trending double, cold boolean, "
+        "prior double",
     )
     got = B.blend(pool, ["als", "cluster", "trending"], {"als": 1.0, "cluster": 0.2}, {"trending": 1.0})
     expected = [(1, 10, 1.0, "als"), (1, 11, 0.2, "cluster"), (2, 10, 0.5, "trending")]
@@ -236,4 +245,21 @@ def test_cluster_candidates_follow_affinity_and_popularity(spark: SparkSession) 
     expected = [(1, 11, 0.35, 1), (1, 12, 0.2, 2)]
     assertDataFrameEqual(
         got, spark.createDataFrame(expected, "user_idx int, item_idx int, score double, rank int"), rtol=1e-12
+    )
+
+
+def test_cluster_backfill_gives_every_cluster_its_popular_unseen_items(spark: SparkSession) -> None:
+    ic = spark.createDataFrame([(i, i % 3) for i in range(12)], "item_idx int, cluster_id int")
+    pop = spark.createDataFrame([(i, float(100 - i)) for i in range(12)], "item_idx int, score double")
+    users = spark.createDataFrame([(1,), (2,)], "user_idx int")
+    seen = spark.createDataFrame([(1, 0), (1, 3), (1, 1)], "user_idx int, item_idx int")
+    got = B.cluster_backfill(ic, pop, users, seen, per_cluster=2)
+    # user 1 has seen 0 and 3 (cluster 0) and 1 (cluster 1); ranks follow popularity
+    u1 = [6, 9, 4, 7, 2, 5]
+    u2 = [0, 3, 1, 4, 2, 5]
+    expected = [(1, i, float(100 - i), r + 1) for r, i in enumerate(sorted(u1))] + [
+        (2, i, float(100 - i), r + 1) for r, i in enumerate(sorted(u2))
+    ]
+    assertDataFrameEqual(
+        got, spark.createDataFrame(expected, "user_idx int, item_idx int, score double, rank int")
     )

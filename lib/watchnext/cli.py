@@ -167,8 +167,22 @@ def format_summary(result: dict[str, dict[str, Any]], cfg: Any) -> str:
                 lines.extend(f"      {kk:<40} {vv}" for kk, vv in v.items())
             else:
                 lines.append(f"   {k:<30} {v}")
-    lines.append(f"tables under {cfg.storage.lakehouse}; MLflow store {cfg.mlflow.tracking_uri}")
+    lines.append(f"Delta tables under {cfg.storage.lakehouse}:")
+    lines.extend(f"   {name:<24} {path}" for name, path in delta_tables(cfg.storage.lakehouse))
+    lines.append(f"MLflow store {cfg.mlflow.tracking_uri}")
+    if "recommend" in result:
+        lines.append("Serve one user's list: watchnext recommend --user <user_id>")
     return "\n".join(lines)
+
+
+def delta_tables(lakehouse: str) -> list[tuple[str, str]]:
+    """``(name, absolute path)`` of the Delta tables in a local lakehouse folder (none for URIs)."""
+    from pathlib import Path
+
+    root = Path(lakehouse.removeprefix("file:"))
+    if "://" in lakehouse or not root.is_dir():
+        return []
+    return [(p.name, str(p.resolve())) for p in sorted(root.iterdir()) if (p / "_delta_log").is_dir()]
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ class RecommendConfig(_Strict):
     # Neighbours behind the item-item candidates and `because_you_watched` (item_similarities source).
     item_source: Literal["cooccurrence", "als", "content"] = "cooccurrence"
     recent_items: int | None = Field(None, ge=1)  # item-item anchors: the user's latest N (None: all)
-    normalization: Literal["rank", "minmax"] = "rank"
+    normalization: Literal["rank", "minmax"] = "minmax"
     # The blend used when tuning is off, and the tuner's first trial.
     weights: dict[RecommendSource, float] = Field(
         default_factory=lambda: {"als": 1.0, "item": 0.3, "user": 0.5, "cluster": 0.1, "popular": 0.05}

@@ -8,23 +8,27 @@ score, rank, anchor_idx)`` (``anchor_idx``: the watched item that explains an it
 * ``user``: items of similar users (:func:`~watchnext.models.similarity.user_based_scores`);
 * ``cluster``: popular items of the user's favourite genre clusters (:func:`cluster_candidates`);
 * ``popular`` / ``trending``: the global rankings; they also backfill every list;
-* ``ncf``: NeuMF scores when that stage ran.
+* ``ncf``: NeuMF scores when that stage ran;
+* ``backfill`` (internal, no weight): the most popular unseen items of every cluster
+  (:func:`cluster_backfill`), so the cluster cap can be met from the pool.
 
 **Pool.** Per user and source, scores are normalised to ``(0, 1]`` (``rank``: ``(M + 1 - rank) / M``;
 ``minmax``: ``(s - min) / (max - min)`` over the user's M candidates, 1 when they are all equal);
 a source that did not propose an item contributes 0. One row per (user, item) keeps the sources that
 proposed it and the item-item anchor.
 
-**Blend.** ``score = sum_s w_s f_s + 1e-6 f_popular`` (the tiny term orders otherwise-tied backfill by
-popularity). Users with fewer than ``cold_threshold`` interactions are scored with the cold weights
-instead (the switching rule: cluster-popular and trending rather than collaborative signals). The
-weights are tuned on a validation split by NDCG@K of the final, capped list (:func:`tune_weights`).
+**Blend.** ``score = sum_s w_s f_s + 1e-6 prior`` with ``prior`` the item's popularity over the
+top item's (the tiny term orders otherwise-tied backfill by popularity). Users with fewer than
+``cold_threshold`` interactions are scored with the cold weights instead (the switching rule:
+cluster-popular and trending rather than collaborative signals). The weights are tuned on a
+validation split by NDCG@K of the final, capped list (:func:`tune_weights`).
 
 **Top N.** At most ``max_per_cluster`` items of one genre cluster: an item is eligible when fewer than
 ``max_per_cluster`` items of its cluster score higher for that user (identical to a greedy pass down
 the ranking); the N best eligible items win, and only when a user has fewer than N eligible items are
-the best ineligible ones taken, so no list is short while the pool has N items. Ties go to the smaller
-item id.
+the best ineligible ones taken, so no list is short while the pool has N items (the ``backfill``
+source makes that a corner case: a user who has seen nearly every item). Ties go to the smaller item
+id.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ SOURCES = ("als", "ncf", "item", "user", "cluster", "popular", "trending")
 COL_ANCHOR_IDX = "anchor_idx"
 COL_COLD = "cold"
 COL_DOMINANT = "dominant"
+COL_PRIOR = "prior"  # the item's popularity / the most popular item's: orders otherwise-tied backfill
+BACKFILL = "backfill"  # internal source: popular items of every cluster, so the cap can always be met
 BACKFILL_EPS = 1e-6
 Normalization = Literal["rank", "minmax"]
 
@@ -172,12 +178,45 @@ def cluster_candidates(
     return top_per_user(scores, m)
 
 
+def cluster_backfill(
+    item_clusters: DataFrame, popularity: DataFrame, users: DataFrame, seen: DataFrame, per_cluster: int
+) -> DataFrame:
+    """The ``per_cluster`` most popular unseen items of every cluster for every user of ``users``:
+    with them in the pool a top-N can always respect the cluster cap (unless the user has seen nearly
+    the whole catalogue). Ranked per user by popularity."""
+    by_pop = Window.partitionBy(COL_CLUSTER).orderBy(F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc())
+    top_items = (
+        item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)
+        .join(popularity.select(COL_ITEM_IDX, COL_SCORE), COL_ITEM_IDX)
+        .withColumn("_r", F.row_number().over(by_pop))
+        .where(F.col("_r") <= 3 * per_cluster)
+        .select(COL_CLUSTER, COL_ITEM_IDX, COL_SCORE)
+    )
+    unseen = (
+        users.select(COL_USER_IDX)
+        .distinct()
+        .crossJoin(F.broadcast(top_items))
+        .join(seen.select(COL_USER_IDX, COL_ITEM_IDX), [COL_USER_IDX, COL_ITEM_IDX], "left_anti")
+    )
+    in_cluster = Window.partitionBy(COL_USER_IDX, COL_CLUSTER).orderBy(
+        F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc()
+    )
+    kept = unseen.withColumn("_r", F.row_number().over(in_cluster)).where(F.col("_r") <= per_cluster)
+    return top_per_user(kept.select(COL_USER_IDX, COL_ITEM_IDX, COL_SCORE), 1 << 30)
+
+
 # ------------------------------------------------------------------------------------------- pool
 def pool(
-    candidates: DataFrame, sources: Sequence[str], m: int, normalization: Normalization = "rank"
+    candidates: DataFrame,
+    sources: Sequence[str],
+    m: int,
+    normalization: Normalization = "rank",
+    popularity: DataFrame | None = None,
 ) -> DataFrame:
-    """One row per (user, item) proposed by any source: ``(user_idx, item_idx, f_<source> for each
-    source, sources: array<string> sorted, anchor_idx)`` (module docstring)."""
+    """One row per (user, item) proposed by any source (or by the internal ``backfill``):
+    ``(user_idx, item_idx, f_<source> for each source, sources: array<string> sorted, anchor_idx,
+    prior)`` (module docstring); ``prior`` is ``popularity`` ``(item_idx, score)`` over its maximum
+    (0 without it)."""
     require_columns(
         candidates,
         [COL_USER_IDX, COL_ITEM_IDX, COL_SOURCE, COL_SCORE, COL_RANK, COL_ANCHOR_IDX],
@@ -194,9 +233,9 @@ def pool(
         f = F.when(hi > lo, (F.col(COL_SCORE) - lo) / (hi - lo)).otherwise(F.lit(1.0))
     else:
         raise ValueError(f"normalization must be 'rank' or 'minmax', got {normalization!r}")
-    cand = candidates.where(F.col(COL_SOURCE).isin(list(sources))).withColumn("_f", f)
+    cand = candidates.where(F.col(COL_SOURCE).isin([*sources, BACKFILL])).withColumn("_f", f)
     aggs = [F.max(F.when(F.col(COL_SOURCE) == s, F.col("_f"))).alias(feature(s)) for s in sources]
-    return (
+    pooled = (
         cand.groupBy(COL_USER_IDX, COL_ITEM_IDX)
         .agg(
             *aggs,
@@ -205,20 +244,28 @@ def pool(
         )
         .fillna(0.0, subset=[feature(s) for s in sources])
     )
+    if popularity is None:
+        return pooled.withColumn(COL_PRIOR, F.lit(0.0))
+    top = popularity.agg(F.max(COL_SCORE).alias("_max"))
+    prior = popularity.crossJoin(F.broadcast(top)).select(
+        COL_ITEM_IDX, (F.col(COL_SCORE) / F.col("_max")).cast("double").alias(COL_PRIOR)
+    )
+    return (
+        pooled.join(prior, COL_ITEM_IDX, "left").fillna(0.0, [COL_PRIOR]).select(*pooled.columns, COL_PRIOR)
+    )
 
 
 def _weighted(weights: Mapping[str, float], sources: Sequence[str]) -> Column:
     terms = [F.lit(float(weights.get(s, 0.0))) * F.col(feature(s)) for s in sources]
-    if "popular" in sources:
-        terms.append(F.lit(BACKFILL_EPS) * F.col(feature("popular")))
-    return sum(terms[1:], terms[0]) if terms else F.lit(0.0)
+    terms.append(F.lit(BACKFILL_EPS) * F.col(COL_PRIOR))
+    return sum(terms[1:], terms[0])
 
 
 def _dominant(weights: Mapping[str, float], sources: Sequence[str]) -> Column:
     """The source contributing most to the blended score (ties: the order of ``SOURCES``)."""
     ordered = [s for s in SOURCES if s in sources]
     best = F.greatest(*[F.lit(float(weights.get(s, 0.0))) * F.col(feature(s)) for s in ordered], F.lit(0.0))
-    expr = F.lit("popular")
+    expr = F.lit(BACKFILL)
     for s in reversed(ordered):
         contrib = F.lit(float(weights.get(s, 0.0))) * F.col(feature(s))
         expr = F.when((contrib >= best) & (contrib > 0), F.lit(s)).otherwise(expr)
@@ -275,6 +322,7 @@ class TuningData:
 
     sources: tuple[str, ...]
     features: np.ndarray
+    prior: np.ndarray
     user: np.ndarray
     item: np.ndarray
     cluster: np.ndarray
@@ -283,7 +331,7 @@ class TuningData:
 
     @classmethod
     def from_pandas(cls, pdf: pd.DataFrame, n_relevant: pd.Series, sources: Sequence[str]) -> TuningData:
-        """``pdf``: pool rows (user_idx, item_idx, cluster_id, relevant, f_<s>...); ``n_relevant``:
+        """``pdf``: pool rows (user_idx, item_idx, cluster_id, relevant, f_<s>..., prior); ``n_relevant``:
         held-out item count indexed by user_idx (users with none are dropped)."""
         pdf = pdf[pdf[COL_USER_IDX].isin(n_relevant.index)].sort_values([COL_USER_IDX, COL_ITEM_IDX])
         codes, uniques = pd.factorize(pdf[COL_USER_IDX], sort=True)
@@ -293,6 +341,7 @@ class TuningData:
         return cls(
             sources=tuple(sources),
             features=pdf[[feature(s) for s in sources]].to_numpy(np.float64),
+            prior=pdf[COL_PRIOR].to_numpy(np.float64) if COL_PRIOR in pdf else np.zeros(len(pdf)),
             user=codes.astype(np.int64),
             item=item,
             cluster=cluster,
@@ -309,9 +358,7 @@ def ndcg_at_k(data: TuningData, weights: Mapping[str, float], k: int, max_per_cl
     """Mean NDCG@k over ``data``'s users of the capped top-k of the blended score (the same rule as
     :func:`select_top_n`, and the evaluator's NDCG: binary relevance, IDCG over min(k, |held-out|))."""
     w = np.array([float(weights.get(s, 0.0)) for s in data.sources])
-    score = data.features @ w
-    if "popular" in data.sources:
-        score = score + BACKFILL_EPS * data.features[:, data.sources.index("popular")]
+    score = data.features @ w + BACKFILL_EPS * data.prior
     # order within user: score desc, item asc
     order = np.lexsort((data.item, -score, data.user))
     user, cluster = data.user[order], data.cluster[order]

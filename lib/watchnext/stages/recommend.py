@@ -110,6 +110,7 @@ _REASONS = {
     "user": "Viewers with similar taste watched this",
     "trending": "Trending now",
     "popular": "Popular on watchnext",
+    "backfill": "Popular on watchnext",
     "als": "Picked for your taste",
     "ncf": "Picked for your taste",
 }
@@ -356,6 +357,9 @@ def _candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
                 seen_u, [COL_USER_IDX, COL_ITEM_IDX], "left_anti"
             )
             parts.append(B.ranked(B.top_per_user(ncf, m), s))
+    if rc.max_per_cluster is not None and src.item_clusters is not None:
+        fill = B.cluster_backfill(src.item_clusters, src.popularity, users, seen_u, rc.max_per_cluster)
+        parts.append(B.ranked(fill, B.BACKFILL))
     if not parts:
         raise ValueError("no candidate source produced anything; check recommend.sources")
     return reduce(DataFrame.unionByName, parts)
@@ -367,7 +371,7 @@ def _scored_pool(cfg: Config, src: Sources, users: DataFrame, weights: dict[str,
     rc = cfg.recommend
     users = users.select(COL_USER_IDX).distinct()
     cand = _candidates(cfg, src, users)
-    pooled = B.pool(cand, rc.sources, rc.candidates, rc.normalization)
+    pooled = B.pool(cand, rc.sources, rc.candidates, rc.normalization, popularity=src.popularity)
     counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias("_n"))
     pooled = (
         pooled.join(counts, COL_USER_IDX, "left")
@@ -412,6 +416,7 @@ def _tune(
                 COL_CLUSTER,
                 F.coalesce("relevant", F.lit(False)).alias("relevant"),
                 *feats,
+                B.COL_PRIOR,
             )
             .toPandas()
         )

@@ -181,26 +181,42 @@ def cluster_candidates(
 def cluster_backfill(
     item_clusters: DataFrame, popularity: DataFrame, users: DataFrame, seen: DataFrame, per_cluster: int
 ) -> DataFrame:
-    """The ``per_cluster`` most popular unseen items of every cluster for every user of ``users``:
-    with them in the pool a top-N can always respect the cluster cap (unless the user has seen nearly
-    the whole catalogue). Ranked per user by popularity."""
+    """The ``per_cluster`` most popular unseen items of every cluster for every user of ``users`` (fewer
+    only where the user has seen the rest of the cluster): with them in the pool a top-N respects the
+    cluster cap whenever the catalogue allows. Ranked per user by popularity.
+
+    Linear in the interactions: a user needs at most ``seen(u, c) + per_cluster`` of a cluster's items
+    in popularity order, so those positions are generated and equi-joined, never users x items."""
     by_pop = Window.partitionBy(COL_CLUSTER).orderBy(F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc())
-    top_items = (
+    ranked_items = (
         item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)
-        .join(popularity.select(COL_ITEM_IDX, COL_SCORE), COL_ITEM_IDX)
-        .withColumn("_r", F.row_number().over(by_pop))
-        .where(F.col("_r") <= 3 * per_cluster)
-        .select(COL_CLUSTER, COL_ITEM_IDX, COL_SCORE)
+        .where(F.col(COL_CLUSTER).isNotNull())
+        .join(popularity.select(COL_ITEM_IDX, COL_SCORE), COL_ITEM_IDX, "left")
+        .fillna(0.0, [COL_SCORE])
+        .withColumn("_pos", F.row_number().over(by_pop))
     )
-    unseen = (
+    seen_pairs = seen.select(COL_USER_IDX, COL_ITEM_IDX).distinct()
+    seen_in = (
+        seen_pairs.join(item_clusters.select(COL_ITEM_IDX, COL_CLUSTER), COL_ITEM_IDX)
+        .groupBy(COL_USER_IDX, COL_CLUSTER)
+        .agg(F.count(F.lit(1)).alias("_seen"))
+    )
+    clusters = ranked_items.select(COL_CLUSTER).distinct()
+    depth = (
         users.select(COL_USER_IDX)
         .distinct()
-        .crossJoin(F.broadcast(top_items))
-        .join(seen.select(COL_USER_IDX, COL_ITEM_IDX), [COL_USER_IDX, COL_ITEM_IDX], "left_anti")
+        .crossJoin(F.broadcast(clusters))
+        .join(seen_in, [COL_USER_IDX, COL_CLUSTER], "left")
+        .select(
+            COL_USER_IDX,
+            COL_CLUSTER,
+            F.explode(F.sequence(F.lit(1), F.coalesce("_seen", F.lit(0)) + per_cluster)).alias("_pos"),
+        )
     )
-    in_cluster = Window.partitionBy(COL_USER_IDX, COL_CLUSTER).orderBy(
-        F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc()
+    unseen = depth.join(ranked_items, [COL_CLUSTER, "_pos"]).join(
+        seen_pairs, [COL_USER_IDX, COL_ITEM_IDX], "left_anti"
     )
+    in_cluster = Window.partitionBy(COL_USER_IDX, COL_CLUSTER).orderBy(F.col("_pos").asc())
     kept = unseen.withColumn("_r", F.row_number().over(in_cluster)).where(F.col("_r") <= per_cluster)
     return top_per_user(kept.select(COL_USER_IDX, COL_ITEM_IDX, COL_SCORE), 1 << 30)
 

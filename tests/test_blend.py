@@ -59,8 +59,7 @@ def _reference_top_n(
     """Greedy pass down each user's ranking, then the relaxation: the rule of the module docstring."""
     df = pool.merge(clusters, on="item_idx", how="left")
     df["score"] = (
-        sum(w.get(s, 0.0) * df[f"f_{s}"] for s in ("als", "item", "popular"))
-        + B.BACKFILL_EPS * df["prior"]
+        sum(w.get(s, 0.0) * df[f"f_{s}"] for s in ("als", "item", "popular")) + B.BACKFILL_EPS * df["prior"]
     )
     out = []
     for u, g in df.groupby("user_idx"):

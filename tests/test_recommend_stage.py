@@ -187,7 +187,7 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
     # lineage and model versions
     row = recs.select("run_id", "model_versions", "sources").first()
     assert row.run_id == summary["mlflow_run_id"] and row.model_versions == {"als": "1", "clusters": "1"}
-    assert set(row.sources) <= {"als", "item", "user", "cluster", "popular", "trending"}
+    assert set(row.sources) <= {"als", "item", "user", "cluster", "popular", "trending", "backfill"}
     props = DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS)).detail().first().properties
     assert props["watchnext.run_id"] == summary["mlflow_run_id"]
 

@@ -586,24 +586,12 @@ def _genre_rows(
         .join(fav, [COL_USER_IDX, COL_CLUSTER])
         .select(COL_USER_IDX, COL_CLUSTER, COL_ROW, COL_ITEM_IDX, COL_SCORE, F.lit(1).alias("_tier"))
     )
-    by_pop = Window.partitionBy(COL_CLUSTER).orderBy(F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc())
-    popular = (
-        ic.join(src.popularity, COL_ITEM_IDX)
-        .withColumn("_r", F.row_number().over(by_pop))
-        .where(F.col("_r") <= 3 * length)
-        .select(COL_CLUSTER, COL_ITEM_IDX, F.col(COL_SCORE).alias("_pop"))
-    )
+    # min(length, unseen items of the cluster) popular unseen items per user and cluster
+    fill = B.cluster_backfill(ic, src.popularity, fav.select(COL_USER_IDX), src.history, length)
     backfill = (
-        fav.join(popular, COL_CLUSTER)
-        .join(src.history.select(COL_USER_IDX, COL_ITEM_IDX), [COL_USER_IDX, COL_ITEM_IDX], "left_anti")
-        .select(
-            COL_USER_IDX,
-            COL_CLUSTER,
-            COL_ROW,
-            COL_ITEM_IDX,
-            F.col("_pop").alias(COL_SCORE),
-            F.lit(0).alias("_tier"),
-        )
+        fill.join(ic, COL_ITEM_IDX)
+        .join(fav, [COL_USER_IDX, COL_CLUSTER])
+        .select(COL_USER_IDX, COL_CLUSTER, COL_ROW, COL_ITEM_IDX, COL_SCORE, F.lit(0).alias("_tier"))
     )
     both = personal.unionByName(backfill)
     best = Window.partitionBy(COL_USER_IDX, COL_ITEM_IDX).orderBy(F.col("_tier").desc())

@@ -384,6 +384,49 @@ class EvaluationConfig(_Strict):
         return self
 
 
+# ---------------------------------------------------------------------------------------------- ncf
+class NcfConfig(_Strict):
+    """NeuMF (He et al., WWW 2017) trained with Horovod on Spark (models/ncf*.py, stages/ncf.py)."""
+
+    enabled: bool = True  # false: the stage is skipped (the Airflow DAG branches around it)
+    model: Literal["neumf", "gmf", "mlp"] = "neumf"
+    mf_dim: int = Field(32, ge=1)  # GMF embedding size
+    mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])  # [0] = 2 x MLP embedding
+    dropout: float = Field(0.0, ge=0, lt=1)
+    l2: float = Field(1e-6, ge=0)  # L2 on the embeddings, per sample
+    # Positives: every interaction (implicit), or ratings >= positive_threshold when it is set.
+    positive_threshold: float | None = None
+    num_negatives: int = Field(4, ge=1)  # sampled negatives per positive (uniform, unseen items)
+    # Negative sets sampled in Spark; epoch e trains on set e % negative_rounds (fresh negatives per
+    # epoch, as in the paper, when negative_rounds >= epochs).
+    negative_rounds: int = Field(5, ge=1)
+    shards: int = Field(16, ge=1)  # Parquet shards of the training data; rank r reads s % size == r
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=1)  # per Horovod rank
+    learning_rate: float = Field(0.001, gt=0)
+    scale_lr: bool = True  # learning rate x number of ranks (Horovod's rule)
+    # Pre-train GMF and MLP, then initialise NeuMF from them (the paper's Section 3.4.1).
+    pretrain: bool = False
+    pretrain_epochs: int = Field(10, ge=1)
+    pretrain_alpha: float = Field(0.5, ge=0, le=1)
+    num_proc: int = Field(2, ge=1)  # Horovod ranks = Spark tasks
+    threads_per_proc: int | None = Field(None, ge=1)  # CPU ranks: TF threads (None: cores / num_proc)
+    start_timeout: int = Field(300, ge=10)  # seconds for all ranks to start
+    eval_negatives: int = Field(99, ge=1)  # the paper's protocol: held-out item among N negatives
+    eval_k: int = Field(10, ge=1)
+    paper_protocol: bool = False  # also train on leave-last-out and report the paper's HR/NDCG
+    seed: int = 42
+    score_block: int = Field(256, ge=1)  # users scored per model call in batch scoring
+    registered_model: str = "watchnext-ncf"
+
+    @field_validator("mlp_layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v) or v[0] % 2:
+            raise ValueError(f"mlp_layers must be positive sizes with an even first one, got {v}")
+        return v
+
+
 # ---------------------------------------------------------------------------------------------- root
 class PipelineConfig(_Strict):
     # Stages `watchnext run` executes, in order; each must be a known stage name.
@@ -402,6 +445,7 @@ class Config(_Strict):
     clusters: ClustersConfig = Field(default_factory=ClustersConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    ncf: NcfConfig = Field(default_factory=NcfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "als": "watchnext.stages.als:run",
     "clusters": "watchnext.stages.clusters:run",
     "similarities": "watchnext.stages.similarities:run",
+    "ncf": "watchnext.stages.ncf:run",
     "recommend": "watchnext.stages.recommend:run",
     "evaluate": "watchnext.stages.evaluate:run",
 }

@@ -1,0 +1,233 @@
+"""NCF pieces without Horovod: the model builders, the Spark training/evaluation data, the sharding,
+the sampled metrics and the batch scoring inside Spark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from watchnext.models import ncf_data as D
+from watchnext.models.ncf import NcfSpec, build_model, init_neumf_from_pretrained, predict_logits
+from watchnext.models.ncf_train import _save, hit_ndcg, load_model, sampled_ranks, score_pairs, score_topk
+
+pytestmark = [pytest.mark.spark]
+
+
+# ------------------------------------------------------------------------------------------ models
+def _n_params(model) -> int:  # noqa: ANN001
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        # embeddings 2 x (n x 8); prediction 8 + 1
+        ("gmf", 10 * 8 + 20 * 8 + 8 + 1),
+        # embeddings (10 + 20) x 8; dense 16->8 and 8->4; prediction 4 + 1
+        ("mlp", 10 * 8 + 20 * 8 + (16 * 8 + 8) + (8 * 4 + 4) + 4 + 1),
+        # both towers, prediction over 8 + 4
+        ("neumf", 10 * 8 + 20 * 8 + 10 * 8 + 20 * 8 + (16 * 8 + 8) + (8 * 4 + 4) + 12 + 1),
+    ],
+)
+def test_builders_have_the_papers_shapes(kind: str, expected: int) -> None:
+    spec = NcfSpec(n_users=10, n_items=20, model=kind, mf_dim=8, mlp_layers=[16, 8, 4], l2=1e-3)
+    model = build_model(spec)
+    assert _n_params(model) == expected
+    out = model([np.array([[0], [9]]), np.array([[0], [19]])], training=False)
+    assert tuple(out.shape) == (2, 1)
+    # per-sample L2 on the looked-up embeddings: one loss per embedding lookup
+    assert len(model.losses) == (4 if kind == "neumf" else 2)
+
+
+def test_spec_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="mlp_layers"):
+        NcfSpec(n_users=3, n_items=3, mlp_layers=[15, 8])
+    with pytest.raises(ValueError, match="model"):
+        NcfSpec(n_users=3, n_items=3, model="svd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_users"):
+        NcfSpec(n_users=0, n_items=3)
+
+
+def test_neumf_from_pretrained_is_the_alpha_mix_of_the_towers() -> None:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(1)
+    base = {"n_users": 7, "n_items": 11, "mf_dim": 4, "mlp_layers": [8, 6, 3], "l2": 0.0}
+    gmf, mlp, neumf = (build_model(NcfSpec(model=k, **base)) for k in ("gmf", "mlp", "neumf"))
+    for m in (gmf, mlp):  # move the towers away from their near-zero start
+        m.set_weights([w + np.random.default_rng(3).normal(0, 0.5, w.shape) for w in m.get_weights()])
+    init_neumf_from_pretrained(neumf, gmf, mlp, alpha=0.3)
+    u, i = np.repeat(np.arange(7), 11), np.tile(np.arange(11), 7)
+    expected = 0.3 * predict_logits(gmf, u, i) + 0.7 * predict_logits(mlp, u, i)
+    np.testing.assert_allclose(predict_logits(neumf, u, i), expected, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- data
+def _interactions(spark: SparkSession) -> tuple[pd.DataFrame, object]:
+    rows = [(u, i, 1.0 + (u + i) % 5) for u in range(6) for i in range(0, 30, u + 2)]
+    pdf = pd.DataFrame(rows, columns=["user_idx", "item_idx", "rating"])
+    return pdf, spark.createDataFrame(pdf, "user_idx int, item_idx int, rating double")
+
+
+def test_positives_all_or_above_threshold(spark: SparkSession) -> None:
+    pdf, df = _interactions(spark)
+    dup = df.unionByName(df)  # repeated events are one positive
+    assertDataFrameEqual(D.positives(dup), df.select("user_idx", "item_idx"))
+    expected = pdf[pdf.rating >= 4.0][["user_idx", "item_idx"]]
+    assertDataFrameEqual(D.positives(dup, 4.0), spark.createDataFrame(expected, "user_idx int, item_idx int"))
+
+
+def test_training_rows_sample_unseen_negatives_per_positive(spark: SparkSession) -> None:
+    pdf, df = _interactions(spark)
+    n_items, neg, rounds = 30, 3, 2
+    rows = D.training_rows(D.positives(df), n_items, neg, rounds, seed=5).toPandas()
+    seen = pdf.groupby("user_idx").item_idx.apply(set).to_dict()
+    for (u, _r), g in rows.groupby(["user_idx", "round"]):
+        pos = g[g.label == 1.0].item_idx
+        negs = g[g.label == 0.0].item_idx
+        assert set(pos) == seen[u] and len(pos) == len(seen[u])  # every positive once per round
+        assert len(negs) == neg * len(seen[u])  # ratio per positive
+        assert not set(negs) & seen[u] and negs.between(0, n_items - 1).all()
+    assert sorted(rows["round"].unique()) == [0, 1]
+    r0 = (
+        rows[rows["round"] == 0].query("label == 0").sort_values(["user_idx", "item_idx"]).item_idx.to_numpy()
+    )
+    r1 = (
+        rows[rows["round"] == 1].query("label == 0").sort_values(["user_idx", "item_idx"]).item_idx.to_numpy()
+    )
+    assert not np.array_equal(r0, r1)  # fresh negatives per round
+    # seeded and independent of partitioning: the same frame from 1 or 5 input partitions
+    again = D.training_rows(D.positives(df.repartition(5)), n_items, neg, rounds, seed=5)
+    assertDataFrameEqual(again, spark.createDataFrame(rows, again.schema))
+    other = D.training_rows(D.positives(df), n_items, neg, rounds, seed=6).toPandas()
+    assert (
+        not other.sort_values(list(other.columns))
+        .reset_index(drop=True)
+        .equals(rows.sort_values(list(rows.columns)).reset_index(drop=True))
+    )
+
+
+def test_training_rows_reject_items_outside_the_catalogue(spark: SparkSession) -> None:
+    _, df = _interactions(spark)
+    with pytest.raises(Exception, match="n_items is too small"):
+        D.training_rows(D.positives(df), 10, 1, 1, seed=1).collect()
+
+
+def test_sampled_eval_rows_one_positive_among_unseen_negatives(spark: SparkSession) -> None:
+    pdf, df = _interactions(spark)
+    holdout = spark.createDataFrame([(0, 3), (1, 4), (5, 8)], "user_idx int, item_idx int")
+    known = df.select("user_idx", "item_idx").unionByName(holdout)
+    rows = D.sampled_eval_rows(holdout, known, 30, 10, seed=3).toPandas()
+    seen = pdf.groupby("user_idx").item_idx.apply(set).to_dict()
+    assert sorted(rows.user_idx.unique()) == [0, 1, 5]
+    for u, g in rows.groupby("user_idx"):
+        pos = g[g.label == 1.0].item_idx.tolist()
+        negs = g[g.label == 0.0].item_idx
+        assert pos == [{0: 3, 1: 4, 5: 8}[u]]
+        assert len(negs) == 10 and negs.is_unique and not set(negs) & (seen[u] | set(pos))
+    # user 0 has seen 15 of 30 items plus the held-out one: only 14 unseen, all of them are taken
+    few = D.sampled_eval_rows(holdout, known, 30, 20, seed=3).toPandas()
+    assert (few.user_idx == 0).sum() == 1 + 14
+
+
+def test_shards_split_rounds_between_ranks_exactly(spark: SparkSession, tmp_path: Path) -> None:
+    _, df = _interactions(spark)
+    rows = D.training_rows(D.positives(df), 30, 2, 3, seed=1)
+    data = D.write_shards(rows, str(tmp_path / "train"), shards=6, seed=9)
+    full = rows.toPandas()
+    assert data.rounds == 3 and data.rows == len(full) // 3
+    for r in range(3):
+        parts = [D.read_rank_shards(data, rank, 2, r) for rank in range(2)]
+        got = pd.concat([pd.DataFrame(p) for p in parts]).sort_values(["user_idx", "item_idx", "label"])
+        want = full[full["round"] == r][["user_idx", "item_idx", "label"]].sort_values(
+            ["user_idx", "item_idx", "label"]
+        )
+        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+        assert abs(len(parts[0]["label"]) - len(parts[1]["label"])) < 0.3 * data.rows
+        one = D.read_rank_shards(data, 0, 1, r)  # one rank reads everything
+        np.testing.assert_array_equal(pd.DataFrame(one).to_numpy(), want.to_numpy())
+    ev = D.write_shards(rows.where("round = 0"), str(tmp_path / "ev"), shards=4, seed=9, by_user=True)
+    users = [set(D.read_rank_shards(ev, rank, 2)["user_idx"]) for rank in range(2)]
+    assert not users[0] & users[1]  # evaluation users are not split between ranks
+
+
+def test_iter_batches_wraps_around_to_the_common_step_count() -> None:
+    arrays = {"user_idx": np.arange(10), "item_idx": np.arange(10) + 100, "label": np.ones(10, np.float32)}
+    batches = list(D.iter_batches(arrays, 4, 4, np.random.default_rng(0)))
+    assert [len(b[0]) for b in batches] == [4, 4, 4, 4]  # 16 rows from 10: wrapped, same step count
+    firsts = np.concatenate([b[0] for b in batches])
+    assert set(firsts[:10]) == set(range(10))  # an epoch sees every row before repeating any
+    assert all(np.array_equal(b[1], b[0] + 100) for b in batches)  # pairs stay aligned
+
+
+def test_sampled_ranks_and_metrics_hand_example() -> None:
+    users = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3])
+    labels = np.array([0, 1, 0, 0, 0, 0, 1, 1, 0], dtype=np.float32)
+    scores = np.array([0.9, 0.5, 0.5, 0.1, 0.2, 0.3, 0.4, 0.1, 0.7])
+    ranks = sampled_ranks(users, labels, scores)
+    # user 1: 0.9 ahead and 0.5 tied (ties count against) -> 2; user 2: nothing ahead -> 0; user 3: 1
+    np.testing.assert_array_equal(ranks, [2, 0, 1])
+    hits, ndcg = hit_ndcg(ranks, 2)
+    assert hits == 2.0
+    assert ndcg == pytest.approx(1.0 + 1 / np.log2(3))
+    with pytest.raises(ValueError, match="exactly one positive"):
+        sampled_ranks(np.array([1, 1]), np.array([1, 1], dtype=np.float32), np.array([0.1, 0.2]))
+
+
+# ------------------------------------------------------------------------------------------ scoring
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(7)
+    spec = NcfSpec(n_users=12, n_items=40, mf_dim=4, mlp_layers=[8, 4], l2=0.0)
+    model = build_model(spec)
+    model.set_weights([w + np.random.default_rng(2).normal(0, 0.3, w.shape) for w in model.get_weights()])
+    path = str(tmp_path_factory.mktemp("ncf") / "model")
+    _save(model, spec, path)
+    return path, model
+
+
+def test_saved_model_round_trips(saved_model: tuple[str, object]) -> None:
+    path, model = saved_model
+    u, i = np.repeat(np.arange(12), 40), np.tile(np.arange(40), 12)
+    np.testing.assert_array_equal(predict_logits(load_model(path), u, i), predict_logits(model, u, i))
+
+
+def test_score_topk_matches_brute_force(spark: SparkSession, saved_model: tuple[str, object]) -> None:
+    path, model = saved_model
+    seen = [(u, i) for u in range(12) for i in range(0, 40, 3 + u % 4)]
+    seen_df = spark.createDataFrame(seen + [(0, 99)], "user_idx int, item_idx int")  # 99: not an item
+    users = spark.createDataFrame([(u,) for u in range(12)] + [(3,)], "user_idx int")  # duplicate user
+    got = score_topk(users, path, 40, 5, seen_df, block=5)
+    logits = predict_logits(model, np.repeat(np.arange(12), 40), np.tile(np.arange(40), 12)).reshape(12, 40)
+    seen_set = set(seen)
+    rows = []
+    for u in range(12):
+        cand = sorted((-logits[u, i], i) for i in range(40) if (u, i) not in seen_set)[:5]
+        rows += [(u, i, float(1 / (1 + np.exp(s))), r + 1) for r, (s, i) in enumerate(cand)]
+    expected = spark.createDataFrame(rows, got.schema)
+    assertDataFrameEqual(got, expected, rtol=1e-6)
+    # no seen list: every item may come back
+    top1 = score_topk(users, path, 40, 1, None).orderBy("user_idx").select("item_idx").toPandas().item_idx
+    np.testing.assert_array_equal(top1.to_numpy(), logits.argmax(axis=1))
+
+
+def test_score_pairs_adds_the_probability(spark: SparkSession, saved_model: tuple[str, object]) -> None:
+    path, model = saved_model
+    pairs = spark.createDataFrame(
+        [(u, (u * 7) % 40, f"r{u}") for u in range(12)], "user_idx int, item_idx int, tag string"
+    )
+    got = score_pairs(pairs, path)
+    logits = predict_logits(model, np.arange(12), (np.arange(12) * 7) % 40)
+    expected = spark.createDataFrame(
+        [(u, (u * 7) % 40, f"r{u}", float(1 / (1 + np.exp(-logits[u])))) for u in range(12)], got.schema
+    )
+    assertDataFrameEqual(got, expected, rtol=1e-6)
+    assert got.where(F.col("score").isNull()).count() == 0

@@ -14,11 +14,15 @@ EXTRAS ?= dev
 HOROVOD_FLAGS ?= HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 ARGS ?=
+# Airflow lives in a virtual environment of its own (protobuf 7 vs TF 2.18's protobuf<6): see
+# airflow_dags/requirements.txt for the direct pins and constraints-3.11.txt for the full set.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
 
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup setup-gpu run test test-fast lint bench quality clean
+.PHONY: help setup setup-gpu run test test-fast lint bench quality clean airflow-constraints package
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,11 +45,34 @@ $(VENV)/.horovod-stamp: $(VENV)/.deps-stamp
 	$(PY) -c "import horovod.tensorflow as hvd, horovod.spark; from horovod.common.util import gloo_built; assert gloo_built(), 'horovod built without Gloo'"
 	@touch $@
 
-setup: $(VENV)/.horovod-stamp ## Create .venv and install the whole job stack (Spark, Delta, TF, Horovod, MLflow)
-	@echo "watchnext installed in $(VENV)"
+$(AIRFLOW_VENV)/.airflow-stamp: airflow_dags/requirements.txt airflow_dags/constraints-3.11.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_PY) -m pip install --quiet --upgrade "pip>=24"
+	$(AIRFLOW_PY) -m pip install --progress-bar off -r airflow_dags/requirements.txt \
+	    -c airflow_dags/constraints-3.11.txt
+	$(AIRFLOW_PY) -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit"
+	@touch $@
+
+setup: $(VENV)/.horovod-stamp $(AIRFLOW_VENV)/.airflow-stamp ## Create .venv (the job stack: Spark, Delta, TF, Horovod, MLflow) and .venv-airflow (Airflow)
+	@echo "watchnext installed in $(VENV), Airflow in $(AIRFLOW_VENV)"
+
+airflow-constraints: ## Re-resolve .venv-airflow from requirements.txt alone and rewrite its constraints file
+	rm -rf $(AIRFLOW_VENV)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_PY) -m pip install --quiet --upgrade "pip>=24"
+	$(AIRFLOW_PY) -m pip install --progress-bar off -r airflow_dags/requirements.txt
+	{ echo "# Every package of .venv-airflow, pinned: \`pip freeze\` of a clean install of requirements.txt"; \
+	  echo "# (Python 3.11, Linux, $$(date +%Y-%m)). Regenerate: make airflow-constraints"; \
+	  $(AIRFLOW_PY) -m pip freeze; } > airflow_dags/constraints-3.11.txt
+	@touch $(AIRFLOW_VENV)/.airflow-stamp
 
 setup-gpu: ## Same, on a GPU worker: TF with CUDA wheels, Horovod with NCCL
 	$(MAKE) setup EXTRAS=dev,gpu HOROVOD_FLAGS="$(HOROVOD_FLAGS) HOROVOD_GPU_OPERATIONS=NCCL"
+
+package: $(VENV)/.deps-stamp ## Build dist/watchnext-*.whl (pip install on cluster nodes) and dist/watchnext.zip (--py-files)
+	rm -rf dist && $(PIP) wheel --no-deps --no-build-isolation -q -w dist .
+	cp dist/watchnext-*.whl dist/watchnext.zip
+	@ls -1 dist
 
 run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns)
 	$(VENV)/bin/watchnext run $(ARGS)

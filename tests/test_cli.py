@@ -58,3 +58,16 @@ def test_bad_run_date_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["ingest", "--run-date", "01/06/2024"])
     assert "--run-date must be YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_config_prints_the_resolved_config_or_one_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--get", "ncf.enabled", "--conf", "ncf.enabled=false"]) == 0
+    assert json.loads(capsys.readouterr().out) is False
+    assert main(["config", "--get", "als.tuning", "--conf", "als.tuning.n_trials=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_trials"] == 7
+    assert main(["config", "--env", "local"]) == 0
+    assert json.loads(capsys.readouterr().out)["spark"]["master"] == "local[*]"
+    assert main(["config", "--get", "als.no_such_key"]) == 2
+    assert "config key 'als.no_such_key': unknown key" in capsys.readouterr().err
+    assert main(["config", "--get", "ncf.enabled", "--conf", "ncf.enabeld=true"]) == 2
+    assert "config key 'ncf.enabeld': unknown key" in capsys.readouterr().err

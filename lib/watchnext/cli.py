@@ -1,4 +1,4 @@
-"""The ``watchnext`` command line: ``run``, one command per stage, and ``generate``.
+"""The ``watchnext`` command line: ``run``, one command per stage, ``config`` and ``generate``.
 
 ``watchnext recommend --user ID`` is the serving read: it prints the user's latest top-N from the
 ``recommendations_latest`` table (watchnext.serving) without starting Spark; without ``--user`` it runs
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(SERVE_COMMAND, help="print a user's latest recommendations (--user)")
         _common(p)
         _serve_args(p)
+    p = sub.add_parser("config", help="print the resolved config (or one key, --get) as JSON; no Spark")
+    p.add_argument("--get", metavar="KEY", help="a dotted key, e.g. ncf.enabled (the Airflow DAG's branch)")
+    _common(p)
     p = sub.add_parser("generate", help="write a synthetic dataset as a MovieLens-style CSV folder")
     p.add_argument("--out", required=True, help="folder to write ratings.csv and movies.csv into")
     _common(p)
@@ -97,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"watchnext: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        return show_config(cfg, args.get)
     if getattr(args, "user", None) is not None:
         return serve(cfg, args.user, args.n, as_json=args.json)
     from watchnext import pipeline
@@ -126,6 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         result = {args.command: pipeline.run_stage(spark, cfg, args.run_date, args.command)}
     print(json.dumps(result, indent=2, default=str) if args.json else format_summary(result, cfg))
+    return 0
+
+
+def show_config(cfg: Any, key: str | None = None) -> int:
+    """Print the resolved config, or the value of one dotted ``key``, as JSON; exit 2 on an unknown key."""
+    node: Any = cfg.model_dump(mode="json")
+    for part in key.split(".") if key else ():
+        if not isinstance(node, dict) or part not in node:
+            print(f"watchnext: config key '{key}': unknown key", file=sys.stderr)
+            return 2
+        node = node[part]
+    print(json.dumps(node, indent=None if key else 2))
     return 0
 
 

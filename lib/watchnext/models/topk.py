@@ -1,12 +1,23 @@
 """Batch top-K from latent factors, with the user's seen items excluded inside the scoring.
 
-``score(u, i) = p_u . q_i``. The item factors are collected to the driver once and broadcast as one
-dense ``(n_items, d)`` matrix: items are few compared with users, and this is the one place the
-project pulls an item-sized table to the driver on purpose. Users stay in Spark: their factors, joined
-with their seen-item lists (``groupBy(user).agg(collect_list(item))``), stream through
-``mapInPandas``; each block of ``block_size`` users is scored with a single BLAS matmul
-``(B, d) x (d, n_items)``, seen items are set to ``-inf``, and the top K come out of
-``np.argpartition`` followed by a sort of the K. No user x item frame ever exists in Spark.
+``score(u, i) = p_u . q_i``. The item factors are collected to the driver once (as Arrow) and
+broadcast as one dense ``(d, n_items)`` matrix, sorted by item id: items are few compared with users,
+and this is the one place the project pulls an item-sized table to the driver on purpose. Users stay in
+Spark: their factors, joined with their seen-item lists (``groupBy(user).agg(collect_list(item))``;
+no join at all when there is nothing to exclude), stream through ``mapInArrow``. Each Arrow batch is
+read without per-row Python objects: the factor matrix is the list column's flat values reshaped, and
+the seen ``(row, item position)`` pairs come from the list lengths. Every block of ``block_size``
+users is scored with one BLAS GEMM ``(B, d) x (d, n_items)`` into a score buffer allocated once per
+task (small enough to stay in cache for the selection that follows), seen items are set to ``-inf``,
+and :func:`top_positions` picks the K. No user x item frame ever exists in Spark.
+
+Selection (:func:`top_positions`) is exact and reads each score about three times, with no sort of
+the row: the columns are split into ``C = 4K`` interleaved chunks, and the K-th largest chunk maximum
+``t`` is a lower bound of the row's K-th score (K distinct cells reach it). So the cells ``>= t`` (one
+compare and one ``flatnonzero`` over the block; ~1.15 K of them per row) hold the top K and every
+cell tied with the K-th; packed per row in column order, one stable sort of those few ranks them by
+(score desc, item asc). Rows without K finite scores, with a NaN, or with a flood of ties at ``t``
+are redone on their full row (``argpartition``, and a stable sort where the K-th score is tied).
 
 Order within a user's list: score descending, ties broken by the smaller item id, exactly (ties at
 the K-th place are resolved against every item with that score, not just the ones argpartition
@@ -20,7 +31,8 @@ import logging
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -31,41 +43,111 @@ from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RANK, COL_SCORE,
 log = logging.getLogger(__name__)
 
 _SEEN = "_seen"
-# Default block: as many users as keep one block's score matrix near 2^25 cells (128 MiB in float32).
-_BLOCK_CELLS = 1 << 25
+# Default block: as many users as keep one block's score matrix near 2^21 cells (8 MiB in float32),
+# so the GEMM's output is still in cache when the selection reads it.
+_BLOCK_CELLS = 1 << 21
 _MAX_BLOCK = 8192
 _TIED_CHUNK = 256  # rows re-sorted at once when the K-th score is tied
+# The threshold prefilter pays off once a row is much longer than K (below, one argpartition is as fast).
+_THRESHOLD_MIN_RATIO = 8
+_THRESHOLD_MIN_COLS = 256
+_CHUNKS_PER_K = 4
+_MAX_CANDIDATES = 8  # per K: rows with more cells at or above their threshold are redone on the full row
+# A dense id -> position table for the seen lists when the item ids span at most this many times n_items.
+_DENSE_LOOKUP_SPAN = 8
+_ARROW_TYPES: dict[type[T.DataType], pa.DataType] = {
+    T.ByteType: pa.int8(),
+    T.ShortType: pa.int16(),
+    T.IntegerType: pa.int32(),
+    T.LongType: pa.int64(),
+}
+
+
+def _select(vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k < vals.shape[1]`` of each row by value desc, then position asc, through one
+    ``argpartition``; only rows whose K-th value is tied with a cell outside the partition are sorted."""
+    part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(vals, part, axis=1).min(axis=1)
+    # More than k cells reach the K-th value: a tie at the boundary, so the smaller positions among the
+    # tied cells must win, which argpartition does not promise.
+    tied = np.flatnonzero(np.count_nonzero(vals >= kth[:, None], axis=1) > k)
+    for start in range(0, len(tied), _TIED_CHUNK):
+        rows = tied[start : start + _TIED_CHUNK]
+        # A stable sort keeps equal scores in position order: exact, O(n log n) for these rows only.
+        part[rows] = np.argsort(-vals[rows], axis=1, kind="stable")[:, :k]
+    # Positions ascending, then a stable sort by value: ties stay in position order.
+    part.sort(axis=1)
+    pv = np.take_along_axis(vals, part, axis=1)
+    order = np.argsort(-pv, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(pv, order, axis=1)
+
+
+def _top_by_threshold(
+    scores: np.ndarray, k: int, n_chunks: int | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_positions` through a per-row threshold (module docstring); needs ``k < n_chunks <=
+    n / 2``. ``mask``: an optional ``(B, n)`` bool buffer to reuse."""
+    b, n = scores.shape
+    c = n_chunks or _n_chunks(n, k)
+    per = n // c  # chunk j: columns j, j + c, j + 2c, ... (the last n % c columns are in no chunk)
+    cmax = np.maximum.reduce(scores[:, : per * c].reshape(b, per, c), axis=1)
+    t = np.partition(cmax, c - k, axis=1)[:, c - k]  # the K-th largest chunk maximum
+    # Rows with fewer than K finite chunk maxima, or a NaN (which np.partition ranks above every
+    # number), have no valid bound: they select nothing here and are redone on their full row.
+    redo = ~(t > -np.inf) | np.isnan(cmax).any(axis=1)
+    t[redo] = np.inf
+    mask = np.greater_equal(scores, t[:, None], out=mask)
+    flat = np.flatnonzero(mask)  # row-major: rows ascending, columns ascending within a row
+    rows = flat // n
+    counts = np.bincount(rows, minlength=b)
+    redo |= counts > _MAX_CANDIDATES * k  # a flood of ties at t: cheaper on the full row
+    if redo.any():
+        keep = ~redo[rows]
+        flat, rows = flat[keep], rows[keep]
+        counts[redo] = 0
+    cols = flat - rows * n
+    # Candidates packed left per row, padded with -inf, still in column order: a stable sort by value
+    # then ranks ties by the smaller column, exactly.
+    width = max(int(counts.max()), k)
+    at = np.arange(len(flat)) - (np.cumsum(counts) - counts)[rows]
+    cand = np.full((b, width), -np.inf, dtype=scores.dtype)
+    cand[rows, at] = scores[rows, cols]
+    cand_cols = np.zeros((b, width), dtype=np.int64)
+    cand_cols[rows, at] = cols
+    best = np.argsort(-cand, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(cand_cols, best, axis=1)
+    vals = np.take_along_axis(cand, best, axis=1)
+    again = np.flatnonzero(redo)
+    if len(again):
+        top[again], vals[again] = _select(scores[again], k)
+    return top, vals
+
+
+def _n_chunks(n: int, k: int) -> int:
+    """4k chunks: the K-th largest of their maxima admits ~1.15 k candidates, and ranking 4k maxima
+    costs little next to one pass over the row."""
+    return min(n // 2, _CHUNKS_PER_K * k)
 
 
 def top_positions(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``scores`` (B, n): the column positions of the top ``min(k, n)`` and their scores.
 
     Rows are ordered by score descending, ties by the smaller position; ``-inf`` entries are kept
-    (callers drop them). Uses ``argpartition`` (O(n) per row); only rows whose K-th value is tied with
-    a column outside the partition fall back to a stable full sort of the row.
+    (callers drop them). Rows much longer than ``k`` go through the threshold prefilter (module
+    docstring), shorter ones through one ``argpartition``; either way only rows with a tie at the K-th
+    place (or without K finite scores) fall back to a sort of the full row.
     """
     b, n = scores.shape
     kk = min(k, n)
     if b == 0 or kk == 0:
         return np.zeros((b, 0), dtype=np.int64), np.zeros((b, 0), dtype=scores.dtype)
+    if n >= max(_THRESHOLD_MIN_COLS, _THRESHOLD_MIN_RATIO * kk):
+        return _top_by_threshold(scores, kk)
     if kk < n:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        vals = np.take_along_axis(scores, part, axis=1)
-        kth = vals.min(axis=1)
-        # More than kk columns reach the K-th value: a tie at the boundary, so the smaller positions
-        # among the tied columns must win, which argpartition does not promise.
-        tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > kk)
-        for start in range(0, len(tied), _TIED_CHUNK):
-            rows = tied[start : start + _TIED_CHUNK]
-            # A stable sort keeps equal scores in position order: exact, O(n log n) for these rows only.
-            best = np.argsort(-scores[rows], axis=1, kind="stable")[:, :kk]
-            part[rows] = best
-            vals[rows] = np.take_along_axis(scores[rows], best, axis=1)
-    else:
-        part = np.broadcast_to(np.arange(n), (b, n)).copy()
-        vals = scores.copy()
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+        return _select(scores, kk)
+    part = np.broadcast_to(np.arange(n), (b, n))
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _block_for(n_items: int, block_size: int | None) -> int:
@@ -74,6 +156,28 @@ def _block_for(n_items: int, block_size: int | None) -> int:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         return block_size
     return max(1, min(_MAX_BLOCK, _BLOCK_CELLS // max(1, n_items)))
+
+
+def _arrow_int(dt: T.DataType, what: str) -> pa.DataType:
+    for spark_type, arrow_type in _ARROW_TYPES.items():
+        if isinstance(dt, spark_type):
+            return arrow_type
+    raise ValueError(f"{what} must be an integer column, got {dt.simpleString()}")
+
+
+def _dense(arr: pa.Array, what: str) -> np.ndarray:
+    """An Arrow list column of equal-length numeric lists as a ``(rows, d)`` matrix, from its flat
+    values (no per-row objects)."""
+    if arr.null_count:
+        raise ValueError(f"{what} has null factor vectors")
+    lens = pc.list_value_length(arr)
+    lo, hi = pc.min_max(lens).values() if len(arr) else (pa.scalar(0), pa.scalar(0))
+    if lo.as_py() != hi.as_py():
+        raise ValueError(f"{what} factor vectors differ in length ({lo.as_py()} to {hi.as_py()})")
+    flat = arr.flatten()
+    if flat.null_count:
+        raise ValueError(f"{what} factor vectors hold nulls")
+    return flat.to_numpy(zero_copy_only=False).reshape(len(arr), hi.as_py() or 0)
 
 
 def topk_from_factors(
@@ -97,8 +201,8 @@ def topk_from_factors(
     ``seen``: optional ``(col_user, col_item)`` pairs to exclude (items without factors are ignored).
     Returns ``(col_user, col_item, col_score: double, col_rank: int 1..k)``, ordered as in the module
     docstring. Scores are computed in ``dtype`` (``float32`` like Spark's factors; ``float64`` where
-    the scores need more than 24 bits). ``block_size`` users are scored per matmul; by default as many
-    as keep a block's ``(B, n_items)`` score matrix near 2^25 cells.
+    the scores need more than 24 bits). ``block_size`` users are scored per GEMM; by default as many
+    as keep a block's ``(B, n_items)`` score matrix near 2^21 cells.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -108,74 +212,114 @@ def topk_from_factors(
         require_columns(seen, [col_user, col_item], "seen")
     np_dtype = np.dtype(dtype)
     spark = user_factors.sparkSession
+    user_type = user_factors.schema[col_user].dataType
+    item_type = item_factors.schema[col_item].dataType
     out_schema = T.StructType(
         [
-            T.StructField(col_user, user_factors.schema[col_user].dataType, False),
-            T.StructField(col_item, item_factors.schema[col_item].dataType, False),
+            T.StructField(col_user, user_type, False),
+            T.StructField(col_item, item_type, False),
             T.StructField(col_score, T.DoubleType(), False),
             T.StructField(col_rank, T.IntegerType(), False),
         ]
     )
+    arrow_schema = pa.schema(
+        [
+            pa.field(col_user, _arrow_int(user_type, f"user_factors.{col_user}"), False),
+            pa.field(col_item, _arrow_int(item_type, f"item_factors.{col_item}"), False),
+            pa.field(col_score, pa.float64(), False),
+            pa.field(col_rank, pa.int32(), False),
+        ]
+    )
 
     # The documented exception to "never collect item-sized data": the broadcast item matrix.
-    items = item_factors.select(col_item, col_features).toPandas()
-    if items[col_item].duplicated().any():
+    items = item_factors.select(col_item, col_features).toArrow()
+    ids_col = items.column(col_item).combine_chunks()
+    if ids_col.null_count:
+        raise ValueError(f"item_factors has null '{col_item}' values")
+    raw_ids = ids_col.to_numpy()
+    q = _dense(items.column(col_features).combine_chunks(), "item_factors")
+    order = np.argsort(raw_ids, kind="stable")
+    ids = raw_ids[order]
+    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
         raise ValueError(f"item_factors has duplicate '{col_item}' values")
-    items = items.sort_values(col_item, kind="stable").reset_index(drop=True)
-    ids = items[col_item].to_numpy()
-    if len(items):
-        matrix = np.ascontiguousarray(np.stack(items[col_features].to_numpy()).astype(np_dtype).T)
-    else:
-        matrix = np.zeros((0, 0), dtype=np_dtype)
+    # (d, n_items), C-ordered: the GEMM's right operand.
+    q_t = np.ascontiguousarray(q[order].astype(np_dtype).T) if len(ids) else np.zeros((0, 0), np_dtype)
+    # Seen ids -> item positions: an O(1) table when the ids are dense enough, else a binary search.
+    lookup = None
+    if len(ids) and int(ids[-1]) - int(ids[0]) < _DENSE_LOOKUP_SPAN * len(ids) + 1024:
+        lookup = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, dtype=np.int64)
+        lookup[ids - ids[0]] = np.arange(len(ids))
     block = _block_for(len(ids), block_size)
-    log.info(
-        "top-%d from factors: %d items x %d dims broadcast, %d users per block", k, *matrix.T.shape, block
-    )
-    bc = spark.sparkContext.broadcast((ids, matrix))
+    log.info("top-%d from factors: %d items x %d dims broadcast, %d users per block", k, *q.shape, block)
+    bc = spark.sparkContext.broadcast((ids, q_t, lookup))
 
     users = user_factors.select(col_user, col_features)
+    has_seen = seen is not None  # the closures below must not capture the DataFrame
     if seen is not None:
         lists = seen.select(col_user, col_item).groupBy(col_user).agg(F.collect_list(col_item).alias(_SEEN))
         users = users.join(lists, col_user, "left")
-    else:
-        users = users.withColumn(_SEEN, F.lit(None).cast(T.ArrayType(item_factors.schema[col_item].dataType)))
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        item_ids, q_t = bc.value
-        n_items = len(item_ids)
-        for pdf in batches:
-            for start in range(0, len(pdf), block):
-                chunk = pdf.iloc[start : start + block]
-                if n_items == 0 or chunk.empty:
-                    continue
-                p = np.stack(chunk[col_features].to_numpy()).astype(np_dtype, copy=False)
-                if p.shape[1] != q_t.shape[0]:
-                    raise ValueError(f"user factors have {p.shape[1]} dims, item factors {q_t.shape[0]}")
-                scores = p @ q_t
-                lists = chunk[_SEEN].to_numpy()
-                lens = np.fromiter(
-                    (0 if s is None else len(s) for s in lists), dtype=np.int64, count=len(lists)
-                )
-                if lens.sum():
-                    flat = np.concatenate([s for s in lists if s is not None and len(s)])
-                    rows = np.repeat(np.arange(len(lists)), lens)
-                    pos = np.minimum(np.searchsorted(item_ids, flat), n_items - 1)
-                    hit = item_ids[pos] == flat
-                    scores[rows[hit], pos[hit]] = -np.inf
-                top, vals = top_positions(scores, k)
+    def positions(seen_lists: pa.Array, item_ids: np.ndarray, table: np.ndarray | None):
+        """(row, item position) of every seen item that has factors, rows ascending."""
+        lens = pc.fill_null(pc.list_value_length(seen_lists), 0).to_numpy()
+        flat = seen_lists.flatten().drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
+        rows = np.repeat(np.arange(len(lens)), lens)
+        if table is not None:
+            off = flat - int(item_ids[0])
+            inside = (off >= 0) & (off < len(table))
+            rows, pos = rows[inside], table[off[inside]]
+            hit = pos >= 0
+        else:
+            pos = np.minimum(np.searchsorted(item_ids, flat), len(item_ids) - 1)
+            hit = item_ids[pos] == flat
+        return rows[hit], pos[hit]
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        item_ids, qt, table = bc.value
+        n_items = qt.shape[1]
+        # Reused by every block of this task: no page faults on fresh buffers per block.
+        buf = np.empty((block, n_items), dtype=np_dtype)
+        threshold = n_items >= max(_THRESHOLD_MIN_COLS, _THRESHOLD_MIN_RATIO * k)
+        mask = np.empty((block, n_items), dtype=bool) if threshold else None
+        for batch in batches:
+            n_rows = batch.num_rows
+            if n_items == 0 or n_rows == 0:
+                continue
+            p = _dense(batch.column(col_features), "user_factors").astype(np_dtype, copy=False)
+            if p.shape[1] != qt.shape[0]:
+                raise ValueError(f"user factors have {p.shape[1]} dims, item factors {qt.shape[0]}")
+            uids = batch.column(col_user).to_numpy(zero_copy_only=False)
+            if has_seen:
+                s_rows, s_pos = positions(batch.column(_SEEN), item_ids, table)
+            parts: list[tuple[np.ndarray, ...]] = []
+            for start in range(0, n_rows, block):
+                stop = min(start + block, n_rows)
+                scores = buf[: stop - start]
+                np.matmul(p[start:stop], qt, out=scores)
+                if has_seen:
+                    lo, hi = np.searchsorted(s_rows, [start, stop])
+                    scores[s_rows[lo:hi] - start, s_pos[lo:hi]] = -np.inf
+                if mask is not None:
+                    top, vals = _top_by_threshold(scores, k, mask=mask[: stop - start])
+                else:
+                    top, vals = top_positions(scores, k)
                 keep = vals > -np.inf  # seen items (and NaN) never come back
                 ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
-                user_ids = np.broadcast_to(chunk[col_user].to_numpy()[:, None], top.shape)
-                yield pd.DataFrame(
-                    {
-                        col_user: user_ids[keep],
-                        col_item: item_ids[top[keep]],
-                        col_score: vals[keep].astype(np.float64),
-                        col_rank: ranks[keep],
-                    }
+                parts.append(
+                    (
+                        np.repeat(uids[start:stop], np.count_nonzero(keep, axis=1)),
+                        item_ids[top[keep]],
+                        vals[keep].astype(np.float64),
+                        ranks[keep],
+                    )
                 )
+            columns = [np.concatenate(c) for c in zip(*parts, strict=True)]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(columns, arrow_schema, strict=True)],
+                schema=arrow_schema,
+            )
 
-    return users.mapInPandas(score, out_schema)
+    return users.mapInArrow(score, out_schema)
 
 
 def topk_from_item_scores(

@@ -33,6 +33,14 @@ PY_FILES = os.environ.get("WATCHNEXT_PY_FILES") or None
 SPARK_PACKAGES = os.environ.get("WATCHNEXT_SPARK_PACKAGES", "io.delta:delta-spark_4.2_2.13:4.4.0") or None
 SPARK_CONN = os.environ.get("WATCHNEXT_SPARK_CONN", "spark_default")
 
+# Reaches the Spark driver in every deploy mode (YARN: appMasterEnv, Kubernetes: driverEnv); the jobs
+# tag their MLflow runs with it (watchnext.tracking).
+RUN_CONTEXT = {
+    "AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}",
+    "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
+    "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
+    "AIRFLOW_CTX_TRY_NUMBER": "{{ ti.try_number }}",
+}
 # Wall-clock limit of each stage's spark-submit (a hung job fails and is retried, not stalled forever).
 STAGE_TIMEOUTS = {
     "ingest": dt.timedelta(hours=1),
@@ -163,8 +171,12 @@ with DAG(
             name=f"watchnext-{name}-{{{{ ds }}}}",
             packages=SPARK_PACKAGES,
             py_files=PY_FILES,
-            conf={"spark.pyspark.python": EXECUTOR_PYTHON, "spark.pyspark.driver.python": PYTHON},
-            env_vars={"WATCHNEXT_CONF_DIR": str(HOME / "conf"), "PYTHONHASHSEED": "0"},
+            conf={
+                "spark.pyspark.python": EXECUTOR_PYTHON,
+                "spark.pyspark.driver.python": PYTHON,
+                "spark.log.level": "WARN",  # the driver's start-up INFO lines add nothing to the task log
+            },
+            env_vars={"WATCHNEXT_CONF_DIR": str(HOME / "conf"), "PYTHONHASHSEED": "0", **RUN_CONTEXT},
             execution_timeout=STAGE_TIMEOUTS[name],
             doc_md=f"`spark-submit jobs/{name}.py --run-date {{{{ ds }}}} ...` (see the DAG docs)",
             **kwargs,

@@ -60,13 +60,25 @@ def configure(cfg: Config) -> None:
     mlflow.set_experiment(cfg.mlflow.experiment)
 
 
+# Airflow sets these for its tasks (and the DAG passes them on to the Spark driver): each stage's run
+# names the DAG run it belongs to, so `tags.airflow.dag_run_id = '...'` finds a whole scheduled run.
+AIRFLOW_TAGS = {
+    "AIRFLOW_CTX_DAG_ID": "airflow.dag_id",
+    "AIRFLOW_CTX_DAG_RUN_ID": "airflow.dag_run_id",
+    "AIRFLOW_CTX_TASK_ID": "airflow.task_id",
+    "AIRFLOW_CTX_TRY_NUMBER": "airflow.try_number",
+}
+
+
 def _tags(cfg: Config, run_date: dt.date, stage: str) -> dict[str, str]:
-    return {
+    tags = {
         "watchnext.stage": stage,
         "watchnext.run_date": run_date.isoformat(),
         "watchnext.env": cfg.env,
         "mlflow.source.git.commit": git_commit(),
     }
+    tags.update({tag: os.environ[var] for var, tag in AIRFLOW_TAGS.items() if os.environ.get(var)})
+    return tags
 
 
 @contextlib.contextmanager

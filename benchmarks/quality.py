@@ -128,6 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     print("\nstratified 75/25 seed 42, K=10")
     print(ev["table"])
     ndcg = ev["ndcg_at_10"]
+    if "ncf" in results and "offline" in results["ncf"]:
+        ncf = results["ncf"]
+        print(
+            f"\nNCF ({cfg.ncf.model}, {ncf['offline']['num_proc']} Horovod ranks, {ncf['offline']['device']})"
+        )
+        print(
+            f"  shared protocol NDCG@10 {ndcg.get('ncf', float('nan')):.4f} (target >= {args.min_als_ndcg})"
+        )
+        print(
+            f"  sampled validation (latest test item among 99 negatives): HR@10 {ncf['offline']['hr']:.4f}, "
+            f"NDCG@10 {ncf['offline']['ndcg']:.4f}"
+        )
+        if "paper" in ncf:
+            print(
+                f"  paper protocol (leave-last-out, 99 negatives): HR@10 {ncf['paper']['hr']:.4f}, "
+                f"NDCG@10 {ncf['paper']['ndcg']:.4f}"
+            )
     if "als" not in ndcg:
         return 0
     if "als" in results:

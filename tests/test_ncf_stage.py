@@ -25,6 +25,7 @@ SMALL_NCF = [
     "ncf.batch_size=256",
     "ncf.learning_rate=0.005",
     "ncf.negative_rounds=3",
+    "ncf.num_negatives=4",
     "ncf.shards=4",
     "recommend.candidates=30",
 ]

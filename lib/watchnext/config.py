@@ -390,20 +390,20 @@ class NcfConfig(_Strict):
 
     enabled: bool = True  # false: the stage is skipped (the Airflow DAG branches around it)
     model: Literal["neumf", "gmf", "mlp"] = "neumf"
-    mf_dim: int = Field(32, ge=1)  # GMF embedding size
-    mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])  # [0] = 2 x MLP embedding
+    mf_dim: int = Field(64, ge=1)  # GMF embedding size
+    mlp_layers: list[int] = Field(default_factory=lambda: [128, 64])  # [0] = 2 x MLP embedding
     dropout: float = Field(0.0, ge=0, lt=1)
-    l2: float = Field(1e-6, ge=0)  # L2 on the embeddings, per sample
+    l2: float = Field(1e-4, ge=0)  # L2 on the embeddings, per sample
     # Positives: every interaction (implicit), or ratings >= positive_threshold when it is set.
     positive_threshold: float | None = None
-    num_negatives: int = Field(4, ge=1)  # sampled negatives per positive (uniform, unseen items)
+    num_negatives: int = Field(50, ge=1)  # sampled negatives per positive (uniform, unseen items)
     # Negative sets sampled in Spark; epoch e trains on set e % negative_rounds (fresh negatives per
     # epoch, as in the paper, when negative_rounds >= epochs).
-    negative_rounds: int = Field(5, ge=1)
+    negative_rounds: int = Field(2, ge=1)
     shards: int = Field(16, ge=1)  # Parquet shards of the training data; rank r reads s % size == r
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(1024, ge=1)  # per Horovod rank
-    learning_rate: float = Field(0.001, gt=0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4096, ge=1)  # per Horovod rank
+    learning_rate: float = Field(0.005, gt=0)
     scale_lr: bool = True  # learning rate x number of ranks (Horovod's rule)
     # Pre-train GMF and MLP, then initialise NeuMF from them (the paper's Section 3.4.1).
     pretrain: bool = False

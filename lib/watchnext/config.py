@@ -405,6 +405,7 @@ class NcfConfig(_Strict):
     batch_size: int = Field(4096, ge=1)  # per Horovod rank
     learning_rate: float = Field(0.005, gt=0)
     scale_lr: bool = True  # learning rate x number of ranks (Horovod's rule)
+    sparse_as_dense: bool = True  # allreduce embedding gradients densely (small tables) or allgather slices
     # Pre-train GMF and MLP, then initialise NeuMF from them (the paper's Section 3.4.1).
     pretrain: bool = False
     pretrain_epochs: int = Field(10, ge=1)

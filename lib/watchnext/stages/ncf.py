@@ -75,6 +75,7 @@ def params_for(cfg: Config) -> TrainParams:
         seed=n.seed,
         eval_k=n.eval_k,
         threads=n.threads_per_proc,
+        sparse_as_dense=n.sparse_as_dense,
     )
 
 

@@ -71,6 +71,9 @@ def test_threshold_selection_exact_for_any_chunk_count(levels: int) -> None:
         np.testing.assert_array_equal(vals, exp_vals)
     mask = np.ones((b, n), dtype=bool)  # a reused (dirty) buffer
     np.testing.assert_array_equal(_top_by_threshold(s, k, mask=mask)[0], exp_pos)
+    few = np.full((3, n), -np.inf, dtype=np.float32)  # no row has K finite scores: all redone
+    few[:, [5, 900]] = 2.0
+    np.testing.assert_array_equal(_top_by_threshold(few, k)[0], _ref_positions(few, k)[0])
 
 
 def test_threshold_selection_without_ties_needs_no_full_row(monkeypatch: pytest.MonkeyPatch) -> None:

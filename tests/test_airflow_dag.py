@@ -102,17 +102,15 @@ def _airflow(tmp_path: Path, *args: str, timeout: int = 300) -> Any:
         "WATCHNEXT_PYTHON": sys.executable,
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
-    log = tmp_path / "airflow-driver.log"
-    with log.open("w") as out:
+    log, result = tmp_path / "airflow-driver.log", tmp_path / "airflow-driver.out"
+    with log.open("w") as err, result.open("w") as out:  # files, so a long run can be followed
         proc = subprocess.run(
             [str(AIRFLOW_PYTHON), str(DRIVER), args[0], str(ROOT / "airflow_dags"), *args[1:]],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout,
+            cwd=tmp_path, env=env, stdout=out, stderr=err, text=True, timeout=timeout,
         )  # fmt: skip
-    with log.open("a") as out:
-        out.write(proc.stdout)
-    tail = log.read_text()[-6000:]
+    tail = (log.read_text() + result.read_text())[-6000:]
     assert proc.returncode == 0, f"airflow driver failed ({proc.returncode}); log {log}:\n{tail}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(result.read_text().strip().splitlines()[-1])
 
 
 def _run_conf(tmp_path: Path, *extra: str) -> dict[str, Any]:

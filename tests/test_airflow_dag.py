@@ -180,7 +180,7 @@ def test_branch_follows_the_resolved_config_and_bad_config_fails_first(tmp_path:
 @pytest.mark.mlflow
 def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, tmp_path: Path) -> None:
     runs = [{"logical_date": RUN_DATE.isoformat(), "conf": _run_conf(tmp_path, "ncf.enabled=false")}]
-    (result,) = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=1500)
+    (result,) = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=1750)
     print(f"dag.test(): {result['seconds']:.0f} s")
     assert result["state"] == "success", result
     expected = {t: "success" for t in [*SPARK_STAGES, "resolve_config", "ncf_enabled", "ncf_disabled"]}

@@ -196,7 +196,7 @@ def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, tmp
         dates = tables.read(spark, cfg.table_path(table)).select("run_date").distinct().collect()
         assert [r.run_date for r in dates] == [RUN_DATE], table  # {{ ds }} became the run date
     recs = tables.read_run_date(spark, cfg.table_path(TABLE_RECOMMENDATIONS), RUN_DATE)
-    users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(F.col("id").alias("user_id"))
+    users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select("user_id")
     per_user = recs.groupBy("user_id").agg(F.countDistinct("item_id").alias("n"))
     assert per_user.filter(f"n != {N}").count() == 0
     assert per_user.select("user_id").exceptAll(users).count() == 0

@@ -253,10 +253,13 @@ def _submit(
 def _json_out(proc: subprocess.CompletedProcess[str]) -> dict:
     out, err = proc.stdout[-4000:], proc.stderr[-8000:]
     assert proc.returncode == 0, f"spark-submit failed ({proc.returncode}):\n{out}\n{err}"
-    # The summary is the last thing printed: `{` alone on a line, then the indented document.
-    starts = [m.start() for m in re.finditer(r"^\{$", proc.stdout, re.M)]
-    assert starts, f"no JSON summary in the job's output:\n{out}"
-    return json.loads(proc.stdout[starts[-1] :])
+    # The summary is the last thing printed: the last line opening a JSON document that parses to the end.
+    for m in reversed(list(re.finditer(r"^\{", proc.stdout, re.M))):
+        try:
+            return json.loads(proc.stdout[m.start() :])
+        except ValueError:
+            continue
+    raise AssertionError(f"no JSON summary in the job's output:\n{out}")
 
 
 def _configs(tmp: Path) -> tuple[list[str], Config]:
@@ -311,16 +314,15 @@ def test_pipeline_jobs_on_a_standalone_cluster(
     for table in (TABLE_INTERACTIONS, TABLE_ITEMS, TABLE_REJECTS):
         assertDataFrameEqual(read(cluster_cfg, table), read(local_cfg, table))
     for table in (TABLE_USER_INDEX, TABLE_ITEM_INDEX):
-        cols = ["id", "idx"]
         assertDataFrameEqual(
-            tables.read(spark, cluster_cfg.table_path(table)).select(*cols),
-            tables.read(spark, local_cfg.table_path(table)).select(*cols),
+            tables.read(spark, cluster_cfg.table_path(table)), tables.read(spark, local_cfg.table_path(table))
         )
 
     # ALS: the same blocks and seed give the same factors (up to float summation order).
     pipeline.run_stage(spark, local_cfg.with_overrides("mlflow.enabled=false"), RUN_DATE, "als")
     for table in (TABLE_USER_FACTORS, TABLE_ITEM_FACTORS):
-        cols = ["id", "idx", F.posexplode("features").alias("dim", "value")]
+        ids = read(local_cfg, table).columns[:2]  # (user_id, user_idx) / (item_id, item_idx)
+        cols = [*ids, F.posexplode("features").alias("dim", "value")]
         assertDataFrameEqual(
             read(cluster_cfg, table).select(*cols),
             read(local_cfg, table).select(*cols),

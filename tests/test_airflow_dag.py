@@ -178,9 +178,10 @@ def test_branch_follows_the_resolved_config_and_bad_config_fails_first(tmp_path:
 @pytest.mark.spark
 @pytest.mark.delta
 @pytest.mark.mlflow
+@pytest.mark.timeout(3000)  # seven spark-submits; a busy 2-core machine needs more than the default
 def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, tmp_path: Path) -> None:
     runs = [{"logical_date": RUN_DATE.isoformat(), "conf": _run_conf(tmp_path, "ncf.enabled=false")}]
-    (result,) = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=1750)
+    (result,) = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=2900)
     print(f"dag.test(): {result['seconds']:.0f} s")
     assert result["state"] == "success", result
     expected = {t: "success" for t in [*SPARK_STAGES, "resolve_config", "ncf_enabled", "ncf_disabled"]}

@@ -285,6 +285,7 @@ def test_executors_import_the_packaged_library(
     assert "watchnext.zip" in out["driver"], out["driver"]
 
 
+@pytest.mark.timeout(3000)  # three jobs plus their local-mode references; slow on a busy 2-core machine
 def test_pipeline_jobs_on_a_standalone_cluster(
     spark: SparkSession, cluster: Standalone, package: Path, executor_python: Path, tmp_path: Path
 ) -> None:

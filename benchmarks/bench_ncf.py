@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from watchnext.config import SparkConfig  # noqa: E402
 from watchnext.models import ncf_data as D  # noqa: E402
 from watchnext.models.ncf import NcfSpec  # noqa: E402
-from watchnext.models.ncf_train import TrainParams, fit  # noqa: E402
+from watchnext.models.ncf_train import TrainParams, fit, samples_per_second  # noqa: E402
 from watchnext.session import build_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         res = fit(spark, spec, params, data, str(tmp / f"w{n}"), num_proc=n)
         wall = time.perf_counter() - t
         r0 = res.rank0
-        samples = r0.steps_per_epoch * args.batch_size * n * args.epochs
+        rate = samples_per_second(r0, args.batch_size)
         results.append(
             {
                 "num_proc": n,
                 "device": r0.device,
                 "train_seconds": round(r0.train_seconds, 2),
                 "run_seconds": round(wall, 2),
-                "samples": samples,
-                "samples_per_second": round(samples / r0.train_seconds),
+                "samples": round(rate * r0.train_seconds),
+                "samples_per_second": round(rate),
                 "final_loss": round(r0.global_losses[-1], 4),
             }
         )

@@ -200,7 +200,9 @@ def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user:
         .partitionBy(COL_ROUND, COL_SHARD)
         .parquet(path)
     )
-    stats = out.groupBy(COL_ROUND).count().agg(F.min("count"), F.max("count"), F.count("*")).first()
+    # Counted from the files just written: counting ``out`` would run the sampling a second time.
+    written = rows.sparkSession.read.parquet(path)
+    stats = written.groupBy(COL_ROUND).count().agg(F.min("count"), F.max("count"), F.count("*")).first()
     n_rounds = int(stats[2]) if stats is not None else 0
     lo, hi = (int(stats[0]), int(stats[1])) if n_rounds else (0, 0)
     if lo != hi:

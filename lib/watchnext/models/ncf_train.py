@@ -305,7 +305,9 @@ def _log_mlflow(job: TrainJob, result: RankResult) -> None:
         (f"{pre}.val_ndcg_at_{job.params.eval_k}", result.ndcg),
     ):
         metrics.extend(Metric(name, v, now, e) for e, v in enumerate(values))
-    metrics.append(Metric(f"{pre}.train_samples_per_second", _rate(result, job.params.batch_size), now, 0))
+    metrics.append(
+        Metric(f"{pre}.train_samples_per_second", samples_per_second(result, job.params.batch_size), now, 0)
+    )
     client.log_batch(
         job.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in sorted(params.items())]
     )
@@ -313,7 +315,7 @@ def _log_mlflow(job: TrainJob, result: RankResult) -> None:
         client.log_artifacts(job.run_id, job.model_dir.removeprefix("file://"), f"{pre}/model")
 
 
-def _rate(r: RankResult, batch_size: int) -> float:
+def samples_per_second(r: RankResult, batch_size: int) -> float:
     """Training samples per second over all ranks (each runs steps x batch samples an epoch)."""
     return r.steps_per_epoch * batch_size * r.size * len(r.losses) / max(r.train_seconds, 1e-9)
 

@@ -22,7 +22,7 @@ AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup setup-gpu run test test-fast lint bench quality clean airflow-constraints package
+.PHONY: help setup setup-gpu setup-browser run test test-fast lint bench quality clean airflow-constraints package
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,8 +53,20 @@ $(AIRFLOW_VENV)/.airflow-stamp: airflow_dags/requirements.txt airflow_dags/const
 	$(AIRFLOW_PY) -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit"
 	@touch $@
 
-setup: $(VENV)/.horovod-stamp $(AIRFLOW_VENV)/.airflow-stamp ## Create .venv (the job stack: Spark, Delta, TF, Horovod, MLflow) and .venv-airflow (Airflow)
+setup: $(VENV)/.horovod-stamp $(AIRFLOW_VENV)/.airflow-stamp setup-browser ## Create .venv (the job stack: Spark, Delta, TF, Horovod, MLflow) and .venv-airflow (Airflow)
 	@echo "watchnext installed in $(VENV), Airflow in $(AIRFLOW_VENV)"
+
+# The report test renders the page in headless Chromium driven by selenium (the [dev] extra). Browser
+# downloads are not possible here, so Chromium and its matching chromedriver come from Debian's packages
+# (apt-get as root, else through sudo); nothing is done when both are already on PATH.
+setup-browser: ## Install headless Chromium + chromedriver from Debian (the run report's browser test)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	    echo "chromium: $$(chromedriver --version | cut -d' ' -f1-2)"; \
+	else \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+	        --no-install-recommends chromium chromium-driver fonts-dejavu-core; \
+	fi
 
 airflow-constraints: ## Re-resolve .venv-airflow from requirements.txt alone and rewrite its constraints file
 	rm -rf $(AIRFLOW_VENV)
@@ -74,7 +86,7 @@ package: $(VENV)/.deps-stamp ## Build dist/watchnext-*.whl (pip install on clust
 	cp dist/watchnext-*.whl dist/watchnext.zip
 	@ls -1 dist
 
-run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns)
+run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns), ending with the HTML report in ./reports
 	$(VENV)/bin/watchnext run $(ARGS)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
@@ -95,4 +107,4 @@ bench: setup ## Benchmarks (ratios measured side by side; installs the [bench] e
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
 
 clean: ## Remove local tables, MLflow store and caches (keeps .venv)
-	rm -rf lakehouse mlruns spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf lakehouse mlruns reports spark-warehouse metastore_db derby.log .pytest_cache

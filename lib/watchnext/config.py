@@ -428,6 +428,17 @@ class NcfConfig(_Strict):
         return v
 
 
+# ------------------------------------------------------------------------------------------- report
+class ReportConfig(_Strict):
+    """The run report (stages/report.py): one self-contained HTML page per run date."""
+
+    out_dir: str = "./reports"  # report-<run_date>.html is written here (a local folder or a URI)
+    sample_users: int = Field(5, ge=0, le=100)  # users whose lists (with reasons) are shown
+    popularity_buckets: int = Field(10, ge=2, le=100)  # item-popularity buckets of the exposure plot
+    # Base of the links to the stage runs; null: the tracking URI when it is a server, else `mlflow ui`.
+    mlflow_ui_url: str | None = None
+
+
 # ---------------------------------------------------------------------------------------------- root
 class PipelineConfig(_Strict):
     # Stages `watchnext run` executes, in order; each must be a known stage name.
@@ -448,6 +459,7 @@ class Config(_Strict):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     ncf: NcfConfig = Field(default_factory=NcfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @field_validator("env")

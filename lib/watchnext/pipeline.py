@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "ncf": "watchnext.stages.ncf:run",
     "recommend": "watchnext.stages.recommend:run",
     "evaluate": "watchnext.stages.evaluate:run",
+    "report": "watchnext.stages.report:run",
 }
 
 StageFn = Callable[[SparkSession, Config, dt.date], dict[str, Any]]

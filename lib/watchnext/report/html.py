@@ -1,0 +1,127 @@
+"""The report page: :class:`ReportData` (small pandas frames) -> one self-contained HTML string.
+
+Plots are embedded as base64 PNG data URIs and the CSS is inline, so the page needs nothing but
+itself (no script, no font or image URL); the only URLs are links to the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from watchnext.report import data as D
+from watchnext.report import plots
+
+BASELINES = ("popularity", "trending")
+# The higher the better, except these (and nothing is "best" among NaNs).
+LOWER_IS_BETTER = {"exposure_gini", "rmse", "mae"}
+BIAS_METRICS = ("catalog_coverage", "long_tail_share", "exposure_gini", "novelty")
+HEADERS = {
+    "ndcg": "NDCG", "precision": "P", "recall": "R", "map": "MAP", "mrr": "MRR", "hit_rate": "hit rate",
+    "catalog_coverage": "coverage", "novelty": "novelty", "ild": "ILD", "exposure_gini": "Gini",
+    "long_tail_share": "long tail", "rmse": "RMSE", "mae": "MAE",
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportData:
+    """Everything the page shows; a section whose frame is None says what is missing instead."""
+
+    run_date: dt.date
+    k: int
+    protocol: str
+    env: str = "local"
+    generated: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    metrics: pd.DataFrame | None = None  # D.metrics_frame
+    exposure: pd.DataFrame | None = None  # D.popularity_exposure
+    exposure_note: str = ""  # which lists the exposure columns count
+    clusters: pd.DataFrame | None = None  # D.cluster_table
+    lists: pd.DataFrame | None = None  # D.user_lists
+    history: pd.DataFrame | None = None  # D.recent_history
+    reasons: pd.DataFrame | None = None  # D.reason_mix
+    runs: pd.DataFrame | None = None  # runs.stage_runs
+    mlflow: dict[str, str] = dataclasses.field(default_factory=dict)  # tracking_uri, ui, run_id, ...
+    missing: dict[str, str] = dataclasses.field(default_factory=dict)  # section -> why it is empty
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers as the page shows them (the test reads the same format back)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def metrics_rows(at_k: pd.DataFrame) -> list[dict[str, Any]]:
+    """Table rows of the side-by-side metrics: model, whether a baseline, cells with the best marked."""
+    best = {
+        c: (at_k[c].min() if c in LOWER_IS_BETTER else at_k[c].max())
+        for c in at_k.columns
+        if at_k[c].notna().sum() > 1
+    }
+    return [
+        {
+            "model": model,
+            "baseline": model in BASELINES,
+            "cells": [
+                {"metric": c, "text": fmt(v), "best": c in best and v == best[c]} for c, v in row.items()
+            ],
+        }
+        for model, row in at_k.iterrows()
+    ]
+
+
+def render(data: ReportData) -> str:
+    """The whole page."""
+    ctx: dict[str, Any] = {"d": data, "fmt": fmt, "headers": HEADERS, "plots": {}}
+    if data.metrics is not None and not data.metrics.empty:
+        at_k = D.metrics_at_k(data.metrics, data.k)
+        colors = plots.palette(
+            list(at_k.index) + ([] if data.exposure is None else list(data.exposure.columns))
+        )
+        ctx["metric_columns"] = list(at_k.columns)
+        ctx["metric_rows"] = metrics_rows(at_k)
+        long = data.metrics.sort_values(["metric", "k", "model"], na_position="first")
+        ctx["all_metrics"] = [
+            {"model": m, "metric": name, "k": "" if pd.isna(k) else int(k), "value": fmt(v)}
+            for m, name, k, v in long[["model", "metric", "k", "value"]].itertuples(index=False)
+        ]
+        if curves := D.curves(data.metrics):
+            ctx["plots"]["curves"] = plots.metric_curves(curves, colors)
+        if any(c in at_k.columns for c in BIAS_METRICS):
+            ctx["plots"]["bias"] = plots.metric_bars(at_k, BIAS_METRICS, data.k, colors)
+    else:
+        colors = plots.palette([] if data.exposure is None else list(data.exposure.columns))
+    if data.exposure is not None and not data.exposure.empty:
+        ctx["plots"]["exposure"] = plots.popularity_exposure(data.exposure, colors)
+    if data.clusters is not None and not data.clusters.empty:
+        ctx["plots"]["clusters"] = plots.cluster_sizes(data.clusters)
+    if data.runs is not None and not data.runs.empty:
+        ctx["plots"]["timings"] = plots.stage_timings(data.runs)
+    if data.lists is not None:
+        ctx["users"] = [
+            {
+                "user": user,
+                "items": rows.to_dict("records"),
+                "history": []
+                if data.history is None
+                else data.history[data.history["user_id"] == user]["title"].tolist(),
+            }
+            for user, rows in data.lists.groupby("user_id", sort=True)
+        ]
+    return _template().render(**ctx)
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("watchnext.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("report.html.j2")

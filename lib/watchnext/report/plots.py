@@ -1,0 +1,125 @@
+"""The report's plots: matplotlib figures (Agg, no pyplot state) returned as base64 PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from watchnext.report.data import CATALOGUE, INTERACTIONS
+
+DPI = 110
+METRIC_LABELS = {
+    "ndcg": "NDCG",
+    "recall": "Recall",
+    "precision": "Precision",
+    "catalog_coverage": "Catalogue coverage",
+    "long_tail_share": "Long-tail share",
+    "exposure_gini": "Exposure Gini",
+    "novelty": "Novelty (bits)",
+}
+
+
+def palette(models: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """One fixed colour per model (sorted names), the same in every plot of the page."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(sorted(models))}
+
+
+def to_data_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width * n_panels, height), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def metric_curves(curves: Mapping[str, pd.DataFrame], colors: Mapping[str, tuple[float, ...]]) -> str:
+    """One panel per metric: its value at each K, one line per model."""
+    fig, axes = _figure(len(curves))
+    for ax, (name, frame) in zip(axes, curves.items(), strict=True):
+        for model in frame.columns:
+            ax.plot(frame.index.astype(int), frame[model], marker="o", label=model, color=colors.get(model))
+        ax.set(title=f"{METRIC_LABELS.get(name, name)}@K", xlabel="K", xticks=frame.index.astype(int))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return to_data_uri(fig)
+
+
+def metric_bars(
+    at_k: pd.DataFrame, names: Sequence[str], k: int, colors: Mapping[str, tuple[float, ...]]
+) -> str:
+    """One panel per metric (coverage, long-tail share, ...): a horizontal bar per model."""
+    names = [n for n in names if n in at_k.columns]
+    fig, axes = _figure(len(names), width=3.4, height=0.32 * len(at_k) + 1.2)
+    for ax, name in zip(axes, names, strict=True):
+        values = at_k[name].dropna()[::-1]
+        ax.barh(values.index, values.to_numpy(), color=[colors.get(m) for m in values.index])
+        ax.set_title(f"{METRIC_LABELS.get(name, name)}@{k}", fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+        if ax is not axes[0]:
+            ax.tick_params(labelleft=False)
+    return to_data_uri(fig)
+
+
+def popularity_exposure(exposure: pd.DataFrame, colors: Mapping[str, tuple[float, ...]]) -> str:
+    """Share of list slots per item-popularity bucket, one bar per model, beside the catalogue and
+    interaction shares (lines)."""
+    fig, (ax,) = _figure(1, width=10.0, height=3.8)
+    models = [c for c in exposure.columns if c not in (CATALOGUE, INTERACTIONS)]
+    x = np.arange(len(exposure))
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            exposure[model],
+            width,
+            label=model,
+            color=colors.get(model),
+        )
+    ax.plot(x, exposure[INTERACTIONS], color="black", marker="s", label="interactions")
+    ax.plot(x, exposure[CATALOGUE], color="grey", linestyle="--", marker=".", label="catalogue items")
+    n = len(exposure)
+    ax.set_xticks(x, [f"{b}\n{'head' if b == 1 else 'tail' if b == n else ''}" for b in exposure.index])
+    ax.set(xlabel="item-popularity bucket (1 = most-watched items)", ylabel="share")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return to_data_uri(fig)
+
+
+def cluster_sizes(clusters: pd.DataFrame) -> str:
+    """Items per genre cluster, labelled."""
+    df = clusters.iloc[::-1]
+    fig, (ax,) = _figure(1, width=9.0, height=0.3 * len(df) + 1.0)
+    labels = [f"{cid}: {label}" for cid, label in zip(df["cluster_id"], df["label"], strict=True)]
+    ax.barh(labels, df["size"], color="#4c72b0")
+    ax.set(xlabel="items", title="Genre clusters")
+    ax.grid(axis="x", alpha=0.3)
+    return to_data_uri(fig)
+
+
+def stage_timings(runs: pd.DataFrame) -> str:
+    """Wall time of each stage run."""
+    df = runs[runs["stage"] != "pipeline"].iloc[::-1]
+    fig, (ax,) = _figure(1, width=8.0, height=0.35 * len(df) + 1.0)
+    secs = df["seconds"].fillna(df["stage_seconds"]).fillna(0.0)
+    ax.barh(df["stage"], secs, color="#dd8452")
+    for y, s in enumerate(secs):
+        ax.annotate(
+            f"{s:.1f} s", (s, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small"
+        )
+    ax.set(xlabel="seconds", title="Stage wall time")
+    ax.margins(x=0.15)
+    ax.grid(axis="x", alpha=0.3)
+    return to_data_uri(fig)

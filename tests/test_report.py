@@ -1,0 +1,246 @@
+"""The run report: a real pipeline run (ingest -> als -> clusters -> similarities -> recommend ->
+evaluate -> report) on planted-cluster synthetic data, its page rendered in headless Chromium (Debian's
+chromium + chromedriver, driven by selenium) and checked against the tables it reports on; plus the
+report's aggregates on a hand-made example and the page of a run date with no tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import shutil
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from conftest import RUN_DATE, local_overrides
+from watchnext import pipeline, tables
+from watchnext.cli import build_parser
+from watchnext.config import Config, load_config
+from watchnext.constants import TABLE_CLUSTERS, TABLE_EVALUATION, TABLE_RECOMMENDATIONS
+from watchnext.report import data as D
+from watchnext.stages.report import ARTIFACT
+
+pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow]
+
+N = 10
+STAGES = ["ingest", "als", "clusters", "similarities", "recommend", "evaluate", "report"]
+SECTIONS = ["overview", "metrics", "curves", "bias", "clusters", "samples", "stages"]
+# the cell texts of the rows matching a selector
+ROWS = "return [...document.querySelectorAll(arguments[0])].map(tr => [...tr.cells].map(c => c.innerText))"
+PLOTS = ["plot-curves", "plot-bias", "plot-exposure", "plot-clusters", "plot-timings"]
+
+
+@pytest.fixture(scope="module")
+def run(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Config, dict[str, Any]]]:
+    """One pipeline run for RUN_DATE, ending with the report stage (as `watchnext run` does)."""
+    tmp: Path = tmp_path_factory.mktemp("report")
+    cfg = load_config(env="local", overrides=local_overrides(tmp)).with_overrides(
+        f"report.out_dir={tmp / 'reports'}",
+        "report.sample_users=3",
+        "als.tuning.enabled=false",
+        "als.rank=8",
+        "als.max_iter=5",
+        "clusters.k=4",
+        "similarity.k=10",
+        "similarity.user_k=20",
+        f"recommend.n={N}",
+        "recommend.candidates=30",
+        "recommend.tuning.enabled=false",
+        "recommend.genre_rows=2",
+        "recommend.genre_row_length=5",
+        "recommend.because_k=5",
+    )
+    yield cfg, pipeline.run_pipeline(spark, cfg, RUN_DATE, STAGES)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium through its chromedriver (both from Debian: `make setup-browser`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.fail("headless Chromium and chromedriver are needed: run `make setup-browser`")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.add_argument("--window-size=1300,1000")
+    session = webdriver.Chrome(options=opts, service=Service(driver))
+    yield session
+    session.quit()
+
+
+class _Resources(HTMLParser):
+    """Every URL the page would load (src of any tag, href of <link>), and whether it has scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.scripts += tag == "script"
+        self.loaded += [v for k, v in a.items() if v and (k == "src" or (tag == "link" and k == "href"))]
+
+
+def _colours(png: bytes) -> tuple[int, float]:
+    """Distinct colours of a screenshot and the share of its pixels that are not white."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 24) or []
+    white = sum(c for c, rgb in colours if rgb == (255, 255, 255))
+    return len(colours), 1.0 - white / (img.width * img.height)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_page_shows_the_run(
+    spark: SparkSession, run: tuple[Config, dict[str, Any]], browser: Any, tmp_path: Path
+) -> None:
+    cfg, results = run
+    summary = results["report"]
+    path = Path(summary["path"])
+    page = path.read_text(encoding="utf-8")
+    assert path.name == f"report-{RUN_DATE}.html" and summary["missing"] == {}
+
+    # the same page is the report run's MLflow artifact, nested in the pipeline run
+    client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    report_run = client.get_run(summary["mlflow_run_id"])
+    assert report_run.data.tags["watchnext.stage"] == "report"
+    assert report_run.data.tags["mlflow.parentRunId"] == results["pipeline"]["mlflow_run_id"]
+    artifact = Path(client.download_artifacts(summary["mlflow_run_id"], ARTIFACT, str(tmp_path)))
+    assert artifact.read_text(encoding="utf-8") == page
+
+    # self-contained: no script, nothing loaded but embedded PNGs
+    res = _Resources()
+    res.feed(page)
+    assert res.scripts == 0 and len(res.loaded) == len(PLOTS)
+    assert all(u.startswith("data:image/png;base64,") for u in res.loaded)
+    assert "url(" not in page and "@import" not in page
+
+    browser.get(path.as_uri())
+    js = browser.execute_script
+    assert js("return document.readyState") == "complete"
+    assert js("return [...document.querySelectorAll('section, header')].map(e => e.id)") == SECTIONS
+    assert js("return document.querySelectorAll('.missing').length") == 0
+
+    # every plot decoded and drawn
+    images = js(
+        "return [...document.images].map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight, "
+        "i.getBoundingClientRect().width])"
+    )
+    assert [i[0] for i in images] == PLOTS
+    assert all(ok and w > 100 and h > 100 and shown > 100 for _, ok, w, h, shown in images), images
+
+    # the metrics table: one row per model and baseline, the evaluation table's values at K
+    shown = js(
+        "const t = {}; for (const tr of document.querySelectorAll('#metrics-table tbody tr')) {"
+        "  t[tr.dataset.model] = {};"
+        "  for (const td of tr.querySelectorAll('td[data-metric]'))"
+        "    t[tr.dataset.model][td.dataset.metric] = td.innerText;"
+        "} return t;"
+    )
+    ev = tables.read_run_date(spark, cfg.table_path(TABLE_EVALUATION), RUN_DATE)
+    expected: dict[str, dict[str, str]] = {}
+    for r in ev.where(f"k = {cfg.evaluation.k} OR k IS NULL").collect():
+        if r.metric in D.TABLE_METRICS:
+            if r.value == r.value:  # NaN shows as an empty cell
+                expected.setdefault(r.model, {})[r.metric] = f"{r.value:.4f}"
+    models = {r.model for r in ev.select("model").distinct().collect()}
+    assert set(shown) == models >= {"popularity", "trending", "als", "blend", "item_knn", "user_knn"}
+    for model, cells in shown.items():
+        assert {m: v for m, v in cells.items() if v} == expected.get(model, {}), model
+    order = js("return [...document.querySelectorAll('#metrics-table tbody tr')].map(tr => tr.dataset.model)")
+    ndcg = [float(shown[m]["ndcg"]) for m in order if shown[m].get("ndcg")]
+    assert ndcg == sorted(ndcg, reverse=True)
+
+    # clusters: ids, labels and sizes of the clusters table
+    rows = js(ROWS, "#clusters-table tbody tr")
+    clusters = tables.read_run_date(spark, cfg.table_path(TABLE_CLUSTERS), RUN_DATE)
+    assert sorted((int(r[0]), r[1], int(r[2])) for r in rows) == sorted(
+        (r.cluster_id, r.label, r.size) for r in clusters.collect()
+    )
+
+    # sample users: their published lists with the reasons, rank by rank
+    lists = js(
+        "return Object.fromEntries([...document.querySelectorAll('.user')].map(u => [u.dataset.user,"
+        " [...u.querySelectorAll('tbody tr')].map(tr => [tr.cells[1].innerText, tr.cells[3].innerText])]))"
+    )
+    assert len(lists) == 3
+    recs = tables.read_run_date(spark, cfg.table_path(TABLE_RECOMMENDATIONS), RUN_DATE)
+    for user, items in lists.items():
+        rows = recs.where(F.col("user_id") == user).orderBy("rank").select("title", "reason").collect()
+        assert items == [[r.title, r.reason] for r in rows] and len(items) == N
+
+    # stages: every stage's MLflow run, linked, with its wall time
+    stages = js(
+        "return [...document.querySelectorAll('#stages-table tbody tr')].map(tr => [tr.dataset.stage,"
+        " tr.querySelector('a').getAttribute('href'), tr.cells[2].innerText, tr.cells[4].innerText])"
+    )
+    assert [s[0] for s in stages] == [*STAGES[:-1], "pipeline"]
+    for stage, href, status, seconds in stages:
+        run_id = results[stage]["mlflow_run_id"]
+        assert href.endswith(f"/runs/{run_id}") and href.startswith("http://127.0.0.1:5000/#/experiments/")
+        assert status == ("RUNNING" if stage == "pipeline" else "FINISHED")
+        assert stage == "pipeline" or float(seconds) > 0
+
+    # what a person sees: a full-page screenshot with colourful plots, not a blank page
+    height = js("return document.documentElement.scrollHeight")
+    browser.set_window_size(1300, height + 200)
+    screenshot = browser.get_screenshot_as_png()
+    (tmp_path / "report.png").write_bytes(screenshot)
+    n_colours, ink = _colours(screenshot)
+    assert n_colours > 500 and ink > 0.05, (n_colours, ink)
+    for plot in PLOTS:
+        n_colours, ink = _colours(browser.find_element("id", plot).screenshot_as_png)
+        assert n_colours > 30 and ink > 0.03, (plot, n_colours, ink)
+
+
+def test_popularity_exposure_on_a_hand_made_example(spark: SparkSession) -> None:
+    # items 1..4 watched 4, 3, 1, 0 times: 2 buckets of 2 items, {1, 2} (7 of 8 interactions) and {3, 4}
+    items = spark.createDataFrame([(i,) for i in (1, 2, 3, 4)], "item_idx int")
+    inter = spark.createDataFrame([(i,) for i in [1] * 4 + [2] * 3 + [3]], "item_idx int")
+    recs = spark.createDataFrame([(1, "a"), (1, "a"), (3, "a"), (4, "b")], "item_idx int, model string")
+    got = D.popularity_exposure(inter, items, recs, n_buckets=2)
+    expected = pd.DataFrame(
+        {"catalogue": [0.5, 0.5], "interactions": [7 / 8, 1 / 8], "a": [2 / 3, 1 / 3], "b": [0.0, 1.0]},
+        index=pd.Index([1, 2], name="bucket"),
+    )
+    pd.testing.assert_frame_equal(got, expected)
+
+    metrics = pd.DataFrame(
+        [("x", "ndcg", 10, 0.1), ("y", "ndcg", 10, 0.3), ("y", "ndcg", 5, 0.9), ("z", "rmse", None, 0.8)],
+        columns=["model", "metric", "k", "value"],
+    ).astype({"k": "Int64"})
+    at = D.metrics_at_k(metrics, 10)
+    assert list(at.index) == ["y", "x", "z"] and list(at.columns) == ["ndcg", "rmse"]
+    assert at.loc["y", "ndcg"] == 0.3 and at.loc["z", "rmse"] == 0.8
+    curve = D.curves(metrics)["ndcg"]  # K x model, NaN where a model was not measured at a K
+    assert list(curve.index) == [5, 10] and curve.loc[10].tolist() == [0.1, 0.3]
+    assert curve.loc[5, "y"] == 0.9 and pd.isna(curve.loc[5, "x"])
+
+
+def test_report_of_a_date_without_tables_says_what_is_missing(
+    spark: SparkSession, cfg: Config, run_date: dt.date
+) -> None:
+    assert build_parser().parse_args(["report", "--run-date", "2024-06-01"]).command == "report"
+    c = cfg.with_overrides(f"report.out_dir={Path(cfg.storage.lakehouse).parent / 'reports'}")
+    summary = pipeline.run_stage(spark, c, run_date, "report")
+    page = Path(summary["path"]).read_text(encoding="utf-8")
+    assert "run the evaluate stage" in page and "run the clusters stage" in page
+    assert "no MLflow runs tagged with run date 2024-06-01" in page
+    assert "<img" not in page

@@ -16,6 +16,7 @@ import csv
 import logging
 from typing import Literal
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -183,7 +184,7 @@ def read_generic(
             "explicit feedback needs a rating column but generic.columns.rating is null; "
             "set it, or use ingest.feedback=implicit"
         )
-    frame, found = _open(spark, cfg, cfg.path, cfg.format)
+    frame, found = _open(spark, cfg, cfg.path, cfg.format, "ingest.generic.path")
     mapping = {
         COL_USER: cols.user,
         COL_ITEM: cols.item,
@@ -217,7 +218,7 @@ def read_generic(
 
 def _read_items(spark: SparkSession, cfg: GenericConfig, path: str) -> DataFrame:
     icols = cfg.item_columns
-    frame, found = _open(spark, cfg, path, cfg.items_format)
+    frame, found = _open(spark, cfg, path, cfg.items_format, "ingest.generic.items_path")
     mapping = {COL_ITEM: icols.item, COL_TITLE: icols.title, COL_GENRES: icols.genres, COL_TAGS: icols.tags}
     _require(mapping, found, f"items file {path}")
 
@@ -250,17 +251,26 @@ def _read_items(spark: SparkSession, cfg: GenericConfig, path: str) -> DataFrame
     return conform(items, RAW_ITEMS_SCHEMA)
 
 
-def _open(spark: SparkSession, cfg: GenericConfig, path: str, fmt: str) -> tuple[DataFrame, list[str]]:
+def _open(
+    spark: SparkSession, cfg: GenericConfig, path: str, fmt: str, key: str
+) -> tuple[DataFrame, list[str]]:
     """The file as a frame with the user's column names, and those names (in file order).
 
     CSV columns come out as strings plus ``_corrupt_record``; Parquet columns keep their types.
+    A path that does not exist raises ``FileNotFoundError`` naming the config ``key``.
     """
-    if fmt == "parquet":
-        frame = spark.read.parquet(path)
-        return frame, list(frame.columns)
-    lines = read_lines(spark, path, cfg.encoding)
+    try:
+        if fmt == "parquet":
+            frame = spark.read.parquet(path)
+            return frame, list(frame.columns)
+        lines = read_lines(spark, path, cfg.encoding)
+    except AnalysisException as exc:
+        if _condition(exc) == "PATH_NOT_FOUND":
+            raise FileNotFoundError(f"{key}: {path} does not exist") from exc
+        raise
     head = first_line(lines, path)
     tokens = split_header(head, cfg.sep)
+    _check_separator(head, tokens, cfg.sep, path)
     names = tokens if cfg.header else [f"_c{i}" for i in range(len(tokens))]
     if cfg.header:
         lines = lines.where(F.col(LINE) != head)  # every part file repeats the header
@@ -272,6 +282,27 @@ def _open(spark: SparkSession, cfg: GenericConfig, path: str, fmt: str) -> tuple
         F.col(COL_CORRUPT),
     )
     return frame, names
+
+
+_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _check_separator(head: str, tokens: list[str], sep: str, path: str) -> None:
+    """A first line that does not split on ``sep`` but holds another usual separator: a wrong setting.
+
+    Every mapping needs at least a user and an item column, so a one-field file can never be read.
+    """
+    others = [s for s in _SEPARATORS if s != sep and s in head]
+    if len(tokens) == 1 and others:
+        raise ValueError(
+            f"{path}: its first line has one field when split on ingest.generic.sep={sep!r} but contains "
+            f"{others[0]!r}: set ingest.generic.sep to the file's separator (first line: {head[:80]!r})"
+        )
+
+
+def _condition(exc: AnalysisException) -> str | None:
+    get = getattr(exc, "getCondition", None) or exc.getErrorClass
+    return get()
 
 
 def _require(mapping: dict[str, str | None], found: list[str], what: str) -> None:

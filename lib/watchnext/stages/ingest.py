@@ -22,10 +22,13 @@ from pyspark.sql import functions as F
 from watchnext import tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
+    COL_GENRES,
     COL_ITEM,
     COL_ITEM_IDX,
     COL_REASON,
     COL_RUN_DATE,
+    COL_TAGS,
+    COL_TITLE,
     COL_USER,
     COL_USER_IDX,
     TABLE_INTERACTIONS,
@@ -96,6 +99,16 @@ def run(
         items = items_from_interactions(valid).persist(StorageLevel.MEMORY_AND_DISK)
 
     try:
+        # Checked before anything is written: a bad input leaves every table as it was.
+        if raw_items is not None:
+            check_text_decoded(raw_items, source.name)
+        counts = valid.agg(
+            F.count("*").alias("n"),
+            F.countDistinct(COL_USER).alias("u"),
+            F.countDistinct(COL_ITEM).alias("i"),
+        ).first()
+        by_reason = {r[COL_REASON]: int(r["count"]) for r in rejects.groupBy(COL_REASON).count().collect()}
+        check_not_empty(source.name, rows_read, int(counts["n"]), by_reason)
         users_index, new_users = update_index(
             spark,
             cfg.table_path(TABLE_USER_INDEX),
@@ -124,13 +137,6 @@ def run(
         tables.overwrite_run_date(rejects, cfg.table_path(TABLE_REJECTS), run_date, note)
         tables.overwrite_run_date(items_out, cfg.table_path(TABLE_ITEMS), run_date, note)
         tables.overwrite_run_date(interactions_out, cfg.table_path(TABLE_INTERACTIONS), run_date, note)
-
-        counts = valid.agg(
-            F.count("*").alias("n"),
-            F.countDistinct(COL_USER).alias("u"),
-            F.countDistinct(COL_ITEM).alias("i"),
-        ).first()
-        by_reason = {r[COL_REASON]: int(r["count"]) for r in rejects.groupBy(COL_REASON).count().collect()}
     finally:
         for df in (valid, rejects, items, raw, raw_items):
             if df is not None:
@@ -163,6 +169,54 @@ def run(
     )
     tracking.log_dict(summary, "ingest_summary.json")
     return summary
+
+
+class NoInteractionsError(ValueError):
+    """The source holds no valid interaction: nothing is written (every table keeps its version)."""
+
+
+def check_not_empty(source: str, rows_read: int, valid: int, rejects_by_reason: dict[str, int]) -> None:
+    """Raise :class:`NoInteractionsError` when there is nothing to ingest, naming why."""
+    if rows_read == 0:
+        raise NoInteractionsError(
+            f"source {source} has no interaction rows (an empty file, or a header without data): "
+            "nothing was ingested"
+        )
+    if valid == 0:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(rejects_by_reason.items(), key=lambda x: -x[1]))
+        hint = ""
+        if rejects_by_reason.get("malformed line", 0) >= rows_read:
+            hint = " (every line malformed: is the separator right, e.g. ingest.generic.sep?)"
+        raise NoInteractionsError(
+            f"source {source}: all {rows_read} interaction rows were rejected ({reasons}){hint}; "
+            "nothing was ingested"
+        )
+
+
+# U+FFFD: what Spark's decoder puts where the bytes are not valid in the declared encoding.
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def check_text_decoded(raw_items: DataFrame, source: str) -> None:
+    """Raise ``ValueError`` if item text holds bytes the declared encoding could not decode.
+
+    Spark replaces undecodable bytes with U+FFFD silently; a latin-1 catalogue read as UTF-8 would
+    publish titles like ``Mis\ufffdrables``. The usual cause is the file's encoding, a setting.
+    """
+    bad = F.col(COL_TITLE).contains(REPLACEMENT_CHAR)
+    for c in (COL_GENRES, COL_TAGS):
+        bad = bad | F.exists(
+            F.coalesce(F.col(c), F.array().cast("array<string>")), lambda x: x.contains(REPLACEMENT_CHAR)
+        )
+    rows = raw_items.where(bad).select(COL_ITEM, COL_TITLE).limit(3).collect()
+    if rows:
+        n = raw_items.where(bad).count()
+        examples = ", ".join(repr(r[COL_TITLE]) for r in rows)
+        raise ValueError(
+            f"source {source}: {n} item rows hold bytes that are not valid in the file's encoding "
+            f"(e.g. {examples}): set the encoding the file was written in (ingest.generic.encoding, "
+            "e.g. ISO-8859-1; MovieLens ml-100k and ml-1m are ISO-8859-1)"
+        )
 
 
 def attach_index(df: DataFrame, index: DataFrame, id_col: str, idx_col: str) -> DataFrame:

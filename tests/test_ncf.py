@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -89,28 +89,29 @@ def test_training_rows_sample_unseen_negatives_per_positive(spark: SparkSession)
     rows = D.training_rows(D.positives(df), n_items, neg, rounds, seed=5).toPandas()
     seen = pdf.groupby("user_idx").item_idx.apply(set).to_dict()
     for (u, _r), g in rows.groupby(["user_idx", "round"]):
-        pos = g[g.label == 1.0].item_idx
-        negs = g[g.label == 0.0].item_idx
-        assert set(pos) == seen[u] and len(pos) == len(seen[u])  # every positive once per round
-        assert len(negs) == neg * len(seen[u])  # ratio per positive
-        assert not set(negs) & seen[u] and negs.between(0, n_items - 1).all()
+        assert set(g.item_idx) == seen[u] and len(g) == len(seen[u])  # every positive once per round
+        negs = np.stack(g.negatives.to_numpy())
+        assert negs.shape == (len(seen[u]), neg)  # the ratio, per positive
+        assert not set(negs.ravel()) & seen[u] and ((negs >= 0) & (negs < n_items)).all()
     assert sorted(rows["round"].unique()) == [0, 1]
-    r0 = (
-        rows[rows["round"] == 0].query("label == 0").sort_values(["user_idx", "item_idx"]).item_idx.to_numpy()
-    )
-    r1 = (
-        rows[rows["round"] == 1].query("label == 0").sort_values(["user_idx", "item_idx"]).item_idx.to_numpy()
-    )
-    assert not np.array_equal(r0, r1)  # fresh negatives per round
+    by_round = [
+        np.stack(rows[rows["round"] == r].sort_values(["user_idx", "item_idx"]).negatives.to_numpy())
+        for r in (0, 1)
+    ]
+    assert not np.array_equal(*by_round)  # fresh negatives per round
     # seeded and independent of partitioning: the same frame from 1 or 5 input partitions
     again = D.training_rows(D.positives(df.repartition(5)), n_items, neg, rounds, seed=5)
     assertDataFrameEqual(again, spark.createDataFrame(rows, again.schema))
-    other = D.training_rows(D.positives(df), n_items, neg, rounds, seed=6).toPandas()
-    assert (
-        not other.sort_values(list(other.columns))
-        .reset_index(drop=True)
-        .equals(rows.sort_values(list(rows.columns)).reset_index(drop=True))
-    )
+    other = D.training_rows(D.positives(df), n_items, neg, rounds, seed=6)
+    with pytest.raises(AssertionError):
+        assertDataFrameEqual(other, spark.createDataFrame(rows, other.schema))
+
+
+def test_training_rows_leave_out_a_user_with_no_unseen_item(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(0, 0), (0, 1), (0, 2), (1, 2)], "user_idx int, item_idx int")
+    rows = D.training_rows(df, 3, 2, 1, seed=1)
+    assert rows.select("user_idx", "item_idx").collect() == [(1, 2)]
+    assert sorted(rows.first().negatives) != [] and set(rows.first().negatives) <= {0, 1}
 
 
 def test_training_rows_reject_items_outside_the_catalogue(spark: SparkSession) -> None:
@@ -136,34 +137,51 @@ def test_sampled_eval_rows_one_positive_among_unseen_negatives(spark: SparkSessi
     assert (few.user_idx == 0).sum() == 1 + 14
 
 
+def _train_df(spark: SparkSession, users: object, items: object, negatives: object) -> DataFrame:
+    rows = [(int(u), int(i), [int(x) for x in n]) for u, i, n in zip(users, items, negatives, strict=True)]
+    return spark.createDataFrame(rows, "user_idx int, item_idx int, negatives array<int>")
+
+
 def test_shards_split_rounds_between_ranks_exactly(spark: SparkSession, tmp_path: Path) -> None:
-    _, df = _interactions(spark)
+    pdf, df = _interactions(spark)
     rows = D.training_rows(D.positives(df), 30, 2, 3, seed=1)
     data = D.write_shards(rows, str(tmp_path / "train"), shards=6, seed=9)
     full = rows.toPandas()
     assert data.rounds == 3 and data.rows == len(full) // 3
     for r in range(3):
         parts = [D.read_rank_shards(data, rank, 2, r) for rank in range(2)]
-        got = pd.concat([pd.DataFrame(p) for p in parts]).sort_values(["user_idx", "item_idx", "label"])
-        want = full[full["round"] == r][["user_idx", "item_idx", "label"]].sort_values(
-            ["user_idx", "item_idx", "label"]
-        )
-        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
-        assert abs(len(parts[0]["label"]) - len(parts[1]["label"])) < 0.3 * data.rows
-        one = D.read_rank_shards(data, 0, 1, r)  # one rank reads everything
-        np.testing.assert_array_equal(pd.DataFrame(one).to_numpy(), want.to_numpy())
-    ev = D.write_shards(rows.where("round = 0"), str(tmp_path / "ev"), shards=4, seed=9, by_user=True)
+        assert all(p["negatives"].shape == (len(p["user_idx"]), 2) for p in parts)
+        w = full[full["round"] == r]
+        want = _train_df(spark, w.user_idx, w.item_idx, w.negatives)
+        got = [_train_df(spark, p["user_idx"], p["item_idx"], p["negatives"]) for p in parts]
+        assertDataFrameEqual(got[0].unionByName(got[1]), want)
+        assert abs(len(parts[0]["user_idx"]) - len(parts[1]["user_idx"])) < 0.3 * data.rows
+        one = D.read_rank_shards(data, 0, 1, r)  # one rank reads everything, sorted by (user, item)
+        assertDataFrameEqual(_train_df(spark, one["user_idx"], one["item_idx"], one["negatives"]), want)
+        assert np.all(np.diff(one["user_idx"].astype(np.int64) * 1000 + one["item_idx"]) > 0)
+    holdout = spark.createDataFrame(
+        [(int(u), 29) for u in sorted(pdf.user_idx.unique())], "user_idx int, item_idx int"
+    )
+    ev_rows = D.sampled_eval_rows(holdout, df.select("user_idx", "item_idx"), 30, 5, seed=3)
+    ev = D.write_shards(ev_rows, str(tmp_path / "ev"), shards=4, seed=9, by_user=True)
     users = [set(D.read_rank_shards(ev, rank, 2)["user_idx"]) for rank in range(2)]
     assert not users[0] & users[1]  # evaluation users are not split between ranks
+    assert users[0] | users[1] == set(pdf.user_idx)
 
 
 def test_iter_batches_wraps_around_to_the_common_step_count() -> None:
-    arrays = {"user_idx": np.arange(10), "item_idx": np.arange(10) + 100, "label": np.ones(10, np.float32)}
+    arrays = {
+        "user_idx": np.arange(10),
+        "item_idx": np.arange(10) + 100,
+        "negatives": np.arange(20).reshape(10, 2),
+    }
     batches = list(D.iter_batches(arrays, 4, 4, np.random.default_rng(0)))
-    assert [len(b[0]) for b in batches] == [4, 4, 4, 4]  # 16 rows from 10: wrapped, same step count
-    firsts = np.concatenate([b[0] for b in batches])
+    assert [len(b["user_idx"]) for b in batches] == [4, 4, 4, 4]  # 16 rows from 10: wrapped, same step count
+    firsts = np.concatenate([b["user_idx"] for b in batches])
     assert set(firsts[:10]) == set(range(10))  # an epoch sees every row before repeating any
-    assert all(np.array_equal(b[1], b[0] + 100) for b in batches)  # pairs stay aligned
+    for b in batches:  # rows stay aligned
+        np.testing.assert_array_equal(b["item_idx"], b["user_idx"] + 100)
+        np.testing.assert_array_equal(b["negatives"], np.stack([2 * b["user_idx"], 2 * b["user_idx"] + 1], 1))
 
 
 def test_sampled_ranks_and_metrics_hand_example() -> None:

@@ -67,7 +67,7 @@ def test_two_rank_training_learns_and_only_rank0_writes(
     spark: SparkSession, planted: dict[str, object], tmp_path: Path
 ) -> None:
     uri, run_id = _mlflow_run(tmp_path)
-    params = TrainParams(epochs=6, batch_size=128, learning_rate=0.005, seed=3)
+    params = TrainParams(epochs=6, batch_size=32, learning_rate=0.005, seed=3)
     res = fit(
         spark,
         SPEC,
@@ -114,7 +114,7 @@ def test_two_rank_training_learns_and_only_rank0_writes(
 def test_one_rank_is_reproducible_and_recommends_the_users_cluster(
     spark: SparkSession, planted: dict[str, object], tmp_path: Path
 ) -> None:
-    params = TrainParams(epochs=5, batch_size=128, learning_rate=0.005, seed=4)
+    params = TrainParams(epochs=5, batch_size=32, learning_rate=0.005, seed=4)
     runs = [
         fit(
             spark,
@@ -150,7 +150,7 @@ def test_one_rank_is_reproducible_and_recommends_the_users_cluster(
 def test_pretrained_neumf_trains_from_gmf_and_mlp(
     spark: SparkSession, planted: dict[str, object], tmp_path: Path
 ) -> None:
-    params = TrainParams(epochs=2, batch_size=256, learning_rate=0.005, seed=5)
+    params = TrainParams(epochs=2, batch_size=64, learning_rate=0.005, seed=5)
     res = fit(
         spark,
         SPEC,

@@ -396,14 +396,16 @@ class NcfConfig(_Strict):
     l2: float = Field(1e-4, ge=0)  # L2 on the embeddings, per sample
     # Positives: every interaction (implicit), or ratings >= positive_threshold when it is set.
     positive_threshold: float | None = None
-    num_negatives: int = Field(50, ge=1)  # sampled negatives per positive (uniform, unseen items)
+    num_negatives: int = Field(100, ge=1)  # sampled negatives per positive (uniform, unseen items)
     # Negative sets sampled in Spark; epoch e trains on set e % negative_rounds (fresh negatives per
     # epoch, as in the paper, when negative_rounds >= epochs).
-    negative_rounds: int = Field(2, ge=1)
+    negative_rounds: int = Field(6, ge=1)
     shards: int = Field(16, ge=1)  # Parquet shards of the training data; rank r reads s % size == r
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(4096, ge=1)  # per Horovod rank
-    learning_rate: float = Field(0.005, gt=0)
+    # softmax: cross-entropy of each positive against its negatives; bce: the paper's log loss.
+    loss: Literal["softmax", "bce"] = "softmax"
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(512, ge=1)  # positives per Horovod rank and step
+    learning_rate: float = Field(0.001, gt=0)
     scale_lr: bool = True  # learning rate x number of ranks (Horovod's rule)
     sparse_as_dense: bool = True  # allreduce embedding gradients densely (small tables) or allgather slices
     # Pre-train GMF and MLP, then initialise NeuMF from them (the paper's Section 3.4.1).

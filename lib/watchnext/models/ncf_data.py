@@ -1,12 +1,13 @@
 """NCF training and evaluation data, built in Spark and written as Parquet shards for the ranks.
 
 * :func:`positives`: distinct (user, item) pairs: every interaction, or ratings >= a threshold.
-* :func:`training_rows`: each round ``r`` of ``rounds`` holds every positive (label 1) and
-  ``num_negatives`` uniformly sampled items per positive that the user never interacted with
-  (label 0), drawn per user with ``numpy.random.default_rng([seed, user, r])`` inside
-  ``applyInPandas``: seeded, independent of partitioning, exact exclusion by rejection sampling.
-  Epoch ``e`` trains on round ``e % rounds``, so negatives are fresh each epoch as in the paper
-  when ``rounds >= epochs``.
+* :func:`training_rows`: each round ``r`` of ``rounds`` holds one row per positive with its
+  ``num_negatives`` uniformly sampled items that the user never interacted with (an array column),
+  drawn per user with ``numpy.random.default_rng([seed, user, r])`` inside ``applyInPandas``:
+  seeded, independent of partitioning, exact exclusion by rejection sampling. Keeping a positive
+  with its negatives lets the trainer use either the paper's pointwise log loss or a softmax over
+  the positive and its negatives. Epoch ``e`` trains on round ``e % rounds``, so negatives are fresh
+  each epoch as in the paper when ``rounds >= epochs``.
 * :func:`sampled_eval_rows`: the paper's evaluation: per user one held-out item among
   ``num_negatives`` items the user never interacted with, sampled without replacement.
 * :func:`write_shards`: Parquet partitioned by (round, shard); ``shard`` is a seeded hash of the row, so
@@ -32,14 +33,23 @@ from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_TIMESTAMP, COL_USE
 log = logging.getLogger(__name__)
 
 COL_LABEL = "label"
+COL_NEGATIVES = "negatives"
 COL_ROUND = "round"
 COL_SHARD = "shard"
 
-_ROWS = T.StructType(
+_EVAL_ROWS = T.StructType(
     [
         T.StructField(COL_USER_IDX, T.IntegerType(), False),
         T.StructField(COL_ITEM_IDX, T.IntegerType(), False),
         T.StructField(COL_LABEL, T.FloatType(), False),
+        T.StructField(COL_ROUND, T.IntegerType(), False),
+    ]
+)
+_TRAIN_ROWS = T.StructType(
+    [
+        T.StructField(COL_USER_IDX, T.IntegerType(), False),
+        T.StructField(COL_ITEM_IDX, T.IntegerType(), False),
+        T.StructField(COL_NEGATIVES, T.ArrayType(T.IntegerType(), False), False),
         T.StructField(COL_ROUND, T.IntegerType(), False),
     ]
 )
@@ -52,7 +62,7 @@ class ShardedData:
     path: str
     rounds: int
     shards: int
-    rows: int  # per round (every round has the same positives and negatives count)
+    rows: int  # per round (every round has the same rows)
 
 
 def positives(
@@ -82,9 +92,11 @@ def _sample_unseen(rng: np.random.Generator, seen: np.ndarray, n_items: int, n: 
 
 
 def training_rows(pos: DataFrame, n_items: int, num_negatives: int, rounds: int, seed: int) -> DataFrame:
-    """``(user_idx, item_idx, label, round)``: per round every positive and its sampled negatives.
+    """``(user_idx, item_idx, negatives, round)``: per round every positive with ``num_negatives``
+    sampled unseen items.
 
-    A user who has interacted with every item gets no negatives (logged as a warning on the executor).
+    A user who has interacted with every item has no negatives to draw: their positives are left out
+    of training, with a warning on the executor.
     """
     require_columns(pos, [COL_USER_IDX, COL_ITEM_IDX], "positives")
     if n_items < 1 or num_negatives < 1 or rounds < 1:
@@ -97,27 +109,35 @@ def training_rows(pos: DataFrame, n_items: int, num_negatives: int, rounds: int,
         items = np.unique(pdf[COL_ITEM_IDX].to_numpy(dtype=np.int64))
         if items.max() >= n_items or items.min() < 0:
             raise ValueError(f"user {user} has item_idx outside [0, {n_items}): n_items is too small")
-        n_neg = len(items) * num_negatives if len(items) < n_items else 0
-        if n_neg == 0:
-            log.warning("user %d interacted with every item: no negatives", user)
+        if len(items) >= n_items:
+            log.warning("user %d interacted with every item: no negatives, left out of training", user)
+            empty = np.empty(0, np.int32)
+            return pd.DataFrame(
+                {
+                    COL_USER_IDX: empty,
+                    COL_ITEM_IDX: empty,
+                    COL_NEGATIVES: pd.Series([], dtype=object),
+                    COL_ROUND: empty,
+                }
+            )
         frames = []
         for r in range(rounds):
-            neg = _sample_unseen(np.random.default_rng([seed, user, r]), items, n_items, n_neg)
+            neg = _sample_unseen(
+                np.random.default_rng([seed, user, r]), items, n_items, len(items) * num_negatives
+            )
             frames.append(
                 pd.DataFrame(
                     {
                         COL_USER_IDX: np.int32(user),
-                        COL_ITEM_IDX: np.concatenate([items.astype(np.int32), neg]),
-                        COL_LABEL: np.concatenate(
-                            [np.ones(len(items), np.float32), np.zeros(len(neg), np.float32)]
-                        ),
+                        COL_ITEM_IDX: items.astype(np.int32),
+                        COL_NEGATIVES: list(neg.reshape(len(items), num_negatives)),
                         COL_ROUND: np.int32(r),
                     }
                 )
             )
         return pd.concat(frames, ignore_index=True)
 
-    return pos.groupBy(COL_USER_IDX).applyInPandas(per_user, _ROWS)
+    return pos.groupBy(COL_USER_IDX).applyInPandas(per_user, _TRAIN_ROWS)
 
 
 def holdout_latest(
@@ -175,7 +195,7 @@ def sampled_eval_rows(
             }
         )
 
-    return tagged.groupBy(COL_USER_IDX).applyInPandas(per_user, _ROWS)
+    return tagged.groupBy(COL_USER_IDX).applyInPandas(per_user, _EVAL_ROWS)
 
 
 def shard_of(seed: int, shards: int, *cols: str) -> Column:
@@ -186,13 +206,18 @@ def shard_of(seed: int, shards: int, *cols: str) -> Column:
 
 
 def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user: bool = False) -> ShardedData:
-    """Write ``rows`` (the ``_ROWS`` schema) to ``path`` as Parquet partitioned by (round, shard).
+    """Write ``rows`` (training rows, or labelled evaluation rows) to ``path`` as Parquet partitioned
+    by (round, shard).
 
     ``by_user``: all rows of a user in one shard (evaluation sets, scored per user); otherwise each row
-    is hashed on its own, so shards are balanced even when users are not.
+    is hashed on its own key, so shards are balanced even when users are not.
     """
-    require_columns(rows, [c.name for c in _ROWS.fields], "rows")
-    key = [COL_USER_IDX] if by_user else [COL_USER_IDX, COL_ITEM_IDX, COL_LABEL, COL_ROUND]
+    require_columns(rows, [COL_USER_IDX, COL_ITEM_IDX, COL_ROUND], "rows")
+    if COL_LABEL not in rows.columns and COL_NEGATIVES not in rows.columns:
+        raise ValueError(f"rows need a {COL_LABEL!r} or a {COL_NEGATIVES!r} column, got {rows.columns}")
+    key = [COL_USER_IDX] if by_user else [COL_USER_IDX, COL_ITEM_IDX, COL_ROUND]
+    if not by_user and COL_LABEL in rows.columns:
+        key.append(COL_LABEL)
     out = rows.withColumn(COL_SHARD, shard_of(seed, shards, *key))
     (
         out.repartition(COL_ROUND, COL_SHARD)
@@ -212,38 +237,50 @@ def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user:
 
 
 def read_rank_shards(data: ShardedData, rank: int, size: int, round_: int = 0) -> dict[str, np.ndarray]:
-    """The rows of round ``round_`` in the shards ``s % size == rank``, as numpy arrays sorted by
-    (user, item, label): the same arrays whatever order Spark wrote the files in."""
+    """The rows of round ``round_`` in the shards ``s % size == rank`` as numpy arrays (``negatives``
+    as a 2-D array), sorted by (user, item, label): the same whatever order Spark wrote the files in."""
     import pyarrow.dataset as ds
 
     mine = [s for s in range(data.shards) if s % size == rank]
     dataset = ds.dataset(data.path, format="parquet", partitioning="hive")
+    names = set(dataset.schema.names)
+    cols = [COL_USER_IDX, COL_ITEM_IDX] + [c for c in (COL_LABEL, COL_NEGATIVES) if c in names]
     table = dataset.to_table(
-        columns=[COL_USER_IDX, COL_ITEM_IDX, COL_LABEL],
-        filter=(ds.field(COL_ROUND) == round_) & ds.field(COL_SHARD).isin(mine),
+        columns=cols, filter=(ds.field(COL_ROUND) == round_) & ds.field(COL_SHARD).isin(mine)
     )
-    u = table.column(COL_USER_IDX).to_numpy().astype(np.int32)
-    i = table.column(COL_ITEM_IDX).to_numpy().astype(np.int32)
-    y = table.column(COL_LABEL).to_numpy().astype(np.float32)
-    order = np.lexsort((y, i, u))
-    return {COL_USER_IDX: u[order], COL_ITEM_IDX: i[order], COL_LABEL: y[order]}
+    out: dict[str, np.ndarray] = {
+        COL_USER_IDX: table.column(COL_USER_IDX).to_numpy().astype(np.int32),
+        COL_ITEM_IDX: table.column(COL_ITEM_IDX).to_numpy().astype(np.int32),
+    }
+    if COL_LABEL in names:
+        out[COL_LABEL] = table.column(COL_LABEL).to_numpy().astype(np.float32)
+    if COL_NEGATIVES in names:
+        lists = table.column(COL_NEGATIVES).combine_chunks()
+        width = int(lists.value_lengths().to_numpy().max()) if len(lists) else 0
+        flat = lists.flatten().to_numpy().astype(np.int32)
+        if len(flat) != width * len(lists):
+            raise ValueError(f"{data.path}: rows of round {round_} have different negative counts")
+        out[COL_NEGATIVES] = flat.reshape(len(lists), width)
+    keys = [out[COL_USER_IDX], out[COL_ITEM_IDX]] + ([out[COL_LABEL]] if COL_LABEL in out else [])
+    order = np.lexsort(keys[::-1])
+    return {k: v[order] for k, v in out.items()}
 
 
 def iter_batches(
     arrays: dict[str, np.ndarray], batch_size: int, steps: int, rng: np.random.Generator
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``steps`` shuffled batches; when the rank holds fewer than ``steps * batch_size`` rows it wraps
-    around (every rank must run the same number of allreduce steps, or the others wait forever)."""
-    n = len(arrays[COL_LABEL])
+) -> Iterator[dict[str, np.ndarray]]:
+    """``steps`` shuffled batches (the same keys as ``arrays``); when the rank holds fewer than
+    ``steps * batch_size`` rows it wraps around (every rank must run the same number of allreduce
+    steps, or the others wait forever)."""
+    n = len(arrays[COL_USER_IDX])
     if n == 0:
         raise ValueError("this rank has no training rows: use fewer processes or more shards")
     order = rng.permutation(n)
     need = steps * batch_size
     if need > n:
         order = np.concatenate([order, np.resize(rng.permutation(n), need - n)])
-    u, i, y = arrays[COL_USER_IDX], arrays[COL_ITEM_IDX], arrays[COL_LABEL]
     for s in range(steps):
         idx = order[s * batch_size : (s + 1) * batch_size]
         if len(idx) == 0:
             return
-        yield u[idx], i[idx], y[idx]
+        yield {k: v[idx] for k, v in arrays.items()}

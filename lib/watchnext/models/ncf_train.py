@@ -7,6 +7,9 @@ was built with it on GPU workers). Each rank (:func:`train_worker`):
 * pins itself to its local GPU (``hvd.local_rank()``) when GPUs exist, otherwise limits TensorFlow to
   its share of the cores;
 * reads only its own shards, each epoch the round ``epoch % rounds``, shuffled with a seeded RNG;
+* scores each positive and its sampled negatives and takes either a softmax cross-entropy over them
+  (``loss="softmax"``, the default: it ranks the whole catalogue far better than the pointwise loss)
+  or the paper's pointwise log loss (``loss="bce"``);
 * builds the model with the Horovod-free builder, scales the learning rate by the number of ranks,
   wraps the tape in ``hvd.DistributedGradientTape`` and broadcasts rank 0's variables (and, after the
   first step, the optimizer's) so every rank starts from the same state;
@@ -32,7 +35,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,7 +46,7 @@ from pyspark.sql import types as T
 from watchnext.checks import require_columns
 from watchnext.constants import COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
 from watchnext.models.ncf import NcfSpec
-from watchnext.models.ncf_data import COL_LABEL, ShardedData
+from watchnext.models.ncf_data import COL_LABEL, COL_NEGATIVES, ShardedData
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,16 @@ SPEC_FILE = "spec.json"
 WEIGHTS = "weights"  # TF checkpoint prefix under the model dir (works on any tf.io.gfile filesystem)
 
 
+LossKind = Literal["softmax", "bce"]
+
+
 @dataclass(frozen=True)
 class TrainParams:
     epochs: int = 20
-    batch_size: int = 1024
+    batch_size: int = 1024  # positives per rank and step (each scored with its negatives)
+    # softmax: cross-entropy of the positive against its sampled negatives (sampled softmax);
+    # bce: the paper's pointwise log loss over the positive (label 1) and its negatives (label 0).
+    loss: LossKind = "softmax"
     learning_rate: float = 0.001
     scale_lr: bool = True
     seed: int = 42
@@ -82,6 +91,8 @@ class TrainJob:
     prefix: str = "ncf"
     # NeuMF initialised from pre-trained GMF and MLP model dirs (the paper's pre-training).
     init_from: dict[str, Any] | None = None
+    # Fault injection (tests/test_faults.py): (rank, epoch) at whose start that rank dies abruptly.
+    crash_at: tuple[int, int] | None = None
 
 
 @dataclass
@@ -89,7 +100,8 @@ class RankResult:
     rank: int
     size: int
     device: str
-    samples: int  # rows this rank holds per round
+    samples: int  # positives this rank holds per round
+    pairs_per_row: int  # (user, item) pairs scored per positive: 1 + negatives
     steps_per_epoch: int
     losses: list[float] = field(default_factory=list)  # this rank's mean training loss per epoch
     global_losses: list[float] = field(default_factory=list)  # averaged over the ranks
@@ -160,7 +172,9 @@ def train_worker(job: TrainJob) -> RankResult:
     lr = p.learning_rate * (size if p.scale_lr else 1)
     opt = tf.keras.optimizers.Adam(learning_rate=lr)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    result = RankResult(rank=rank, size=size, device=device, samples=0, steps_per_epoch=0)
+    result = RankResult(rank=rank, size=size, device=device, samples=0, pairs_per_row=1, steps_per_epoch=0)
+    if p.loss not in ("softmax", "bce"):
+        raise ValueError(f"loss must be softmax or bce, got {p.loss!r}")
 
     manager = None
     if rank == 0 and job.checkpoint_dir:
@@ -171,10 +185,20 @@ def train_worker(job: TrainJob) -> RankResult:
     start_epoch = int(hvd.broadcast(tf.constant(int(epoch_var.numpy()), tf.int64), 0, name="start").numpy())
 
     @tf.function(reduce_retracing=True)
-    def step(u: Any, i: Any, y: Any) -> Any:
+    def step(u: Any, cand: Any) -> Any:
+        # u: (B,) users; cand: (B, 1 + K) items, the positive first, then its negatives.
+        width = tf.shape(cand)[1]
         with tf.GradientTape() as tape:
-            logits = tf.reshape(model([u, i], training=True), [-1])
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
+            users = tf.reshape(tf.repeat(u, width), [-1, 1])
+            logits = tf.reshape(model([users, tf.reshape(cand, [-1, 1])], training=True), [-1, width])
+            if p.loss == "softmax":
+                target = tf.zeros(tf.shape(u), tf.int32)  # the positive is column 0
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
+                )
+            else:
+                y = tf.one_hot(tf.zeros(tf.shape(u), tf.int32), width)
+                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
             if model.losses:
                 loss += tf.add_n(model.losses)
         tape = hvd.DistributedGradientTape(tape, sparse_as_dense=p.sparse_as_dense)
@@ -190,7 +214,8 @@ def train_worker(job: TrainJob) -> RankResult:
 
     # Every rank runs the largest rank's number of steps (allreduce needs all of them each step).
     first = read_rank_shards(job.train, rank, size, start_epoch % job.train.rounds)
-    result.samples = len(first[COL_LABEL])
+    result.samples = len(first[COL_USER_IDX])
+    result.pairs_per_row = 1 + first[COL_NEGATIVES].shape[1]
     counts = hvd.allgather(tf.constant([result.samples], tf.int64)).numpy()
     if counts.min() == 0:
         raise RuntimeError(f"a Horovod rank has no training rows (rows per rank {counts.tolist()})")
@@ -200,6 +225,8 @@ def train_worker(job: TrainJob) -> RankResult:
     evaluation = read_rank_shards(job.eval, rank, size) if job.eval is not None else None
     t0 = time.perf_counter()
     for epoch in range(start_epoch, p.epochs):
+        if job.crash_at == (rank, epoch):
+            os._exit(17)  # a worker killed mid-training: no exception, no cleanup
         data = (
             first
             if epoch == start_epoch
@@ -207,8 +234,9 @@ def train_worker(job: TrainJob) -> RankResult:
         )
         rng = np.random.default_rng([p.seed, rank, epoch])
         total, n_steps = 0.0, 0
-        for u, i, y in iter_batches(data, p.batch_size, steps, rng):
-            loss = step(tf.constant(u.reshape(-1, 1)), tf.constant(i.reshape(-1, 1)), tf.constant(y))
+        for b in iter_batches(data, p.batch_size, steps, rng):
+            cand = np.concatenate([b[COL_ITEM_IDX][:, None], b[COL_NEGATIVES]], axis=1)
+            loss = step(tf.constant(b[COL_USER_IDX]), tf.constant(cand))
             if epoch == start_epoch and n_steps == 0:
                 hvd.broadcast_variables(opt.variables(), root_rank=0)
             total += float(loss)
@@ -316,8 +344,10 @@ def _log_mlflow(job: TrainJob, result: RankResult) -> None:
 
 
 def samples_per_second(r: RankResult, batch_size: int) -> float:
-    """Training samples per second over all ranks (each runs steps x batch samples an epoch)."""
-    return r.steps_per_epoch * batch_size * r.size * len(r.losses) / max(r.train_seconds, 1e-9)
+    """Training samples ((user, item) pairs scored) per second over all ranks: each rank runs
+    steps x batch positives an epoch, each with its negatives."""
+    pairs = r.steps_per_epoch * batch_size * r.pairs_per_row * r.size * len(r.losses)
+    return pairs / max(r.train_seconds, 1e-9)
 
 
 # ---------------------------------------------------------------------------------------- driver

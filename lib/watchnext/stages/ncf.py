@@ -70,6 +70,7 @@ def params_for(cfg: Config) -> TrainParams:
     return TrainParams(
         epochs=n.epochs,
         batch_size=n.batch_size,
+        loss=n.loss,
         learning_rate=n.learning_rate,
         scale_lr=n.scale_lr,
         seed=n.seed,

@@ -22,7 +22,7 @@ AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup setup-gpu setup-browser run test test-fast lint bench quality clean airflow-constraints package
+.PHONY: help setup setup-gpu setup-browser run test test-fast lint bench scale quality clean airflow-constraints package
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -102,9 +102,16 @@ lint: setup ## ruff
 quality: setup ## Quality report: the whole pipeline on ../shared/datasets/ml-latest-small
 	$(PY) benchmarks/quality.py $(ARGS)
 
-bench: setup ## Benchmarks (ratios measured side by side; installs the [bench] extra, e.g. `implicit`)
+# Every bench_*.py in its own process, then one table of ratios: benchmarks/results/BENCH.md + bench.json.
+# ARGS=--quick: the smallest sizes (a smoke run); ARGS="--only topn,als" a subset.
+bench: setup ## Benchmarks: one table of ratios against references measured in the same run (< 30 min on 2 cores)
 	$(PIP) install --quiet -e ".[bench]"
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+# Synthetic data at 1M, 5M and 20M interactions through every stage (conf/scale.yaml), one process per
+# stage: wall time and peak memory per stage in benchmarks/results/scale.{json,md}. ARGS="--sizes 1M".
+scale: setup ## Scale runs: per-stage wall time and peak memory at 1M / 5M / 20M synthetic interactions
+	$(PY) benchmarks/scale.py $(ARGS)
 
 clean: ## Remove local tables, MLflow store and caches (keeps .venv)
 	rm -rf lakehouse mlruns reports spark-warehouse metastore_db derby.log .pytest_cache

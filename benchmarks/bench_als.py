@@ -23,6 +23,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -39,6 +40,7 @@ from watchnext.models import AlsParams, fit_als  # noqa: E402
 from watchnext.session import build_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "bench_als.json"
 
 
 def load_pairs(
@@ -115,6 +117,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--synthetic-users", type=int, default=20_000)
     ap.add_argument("--synthetic-items", type=int, default=5_000)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON of the figures")
     args = ap.parse_args(argv)
     if args.iters < 2:
         raise SystemExit("--iters must be >= 2 (the marginal time needs two fits)")
@@ -166,6 +169,27 @@ def main(argv: list[str]) -> None:
         f"ratio Spark / implicit per iteration: {spark_iter / imp_exact:.1f}x (exact), "
         f"{spark_iter / imp_cg:.1f}x (CG); whole fit: {t_full / (imp_exact * args.iters):.1f}x (exact)"
     )
+    res = {
+        "data": name,
+        "ratings": len(pdf),
+        "users": len(users),
+        "items": len(items),
+        "rank": args.rank,
+        "iters": args.iters,
+        "cores": cores,
+        "spark_s_per_iter": spark_iter,
+        "spark_fit_s": t_full,
+        "spark_fixed_s": spark_fixed,
+        "implicit_exact_s_per_iter": imp_exact,
+        "implicit_cg_s_per_iter": imp_cg,
+        "spark_over_implicit_exact_per_iter": spark_iter / imp_exact,
+        "spark_over_implicit_cg_per_iter": spark_iter / imp_cg,
+        "spark_over_implicit_exact_fit": t_full / (imp_exact * args.iters),
+        "loadavg": os.getloadavg(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
     spark.stop()
 
 

@@ -40,6 +40,7 @@ from watchnext.models.similarity import item_neighbors_from_factors
 from watchnext.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "bench_similarity.json"
 
 
 def factors(spark: SparkSession, data: Path, rank: int, n_items: int, seed: int) -> tuple[pd.DataFrame, str]:
@@ -126,6 +127,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--lsh-budget", type=float, default=1200.0, help="stop the LSH grid after this many s")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON of the figures")
     args = p.parse_args(argv)
 
     spark = build_session(
@@ -200,7 +202,9 @@ def main(argv: list[str]) -> int:
     print(f"naive crossJoin      {t_naive:8.2f} s   on {m} items (blocked exact there: {t_exact_sub:.2f} s)")
 
     print("\nratios (higher = blocked exact faster)")
-    out = {"items": n, "k": args.k, "exact_s": t_exact, "naive_items": m, "naive_s": t_naive}
+    out = {"factors": name, "items": n, "k": args.k, "exact_s": t_exact, "naive_items": m}
+    out.update({"naive_s": t_naive, "exact_on_naive_items_s": t_exact_sub, "lsh_runs": lsh_rows})
+    out["cores"] = spark.sparkContext.defaultParallelism
     out["naive_over_exact"] = t_naive / t_exact_sub
     print(f"  naive crossJoin / blocked exact ({m} items): {out['naive_over_exact']:.1f}x")
     for target in (0.8, 0.9, 0.95, 0.99):
@@ -224,6 +228,8 @@ def main(argv: list[str]) -> int:
             f"({best_recall['seconds'] / t_exact:.1f}x the exact time)"
         )
     print(json.dumps(out))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     spark.stop()
     return 0
 

@@ -7,14 +7,17 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
    ``pmod(xxhash64(id), n_blocks)`` with ``n_blocks = ceil(n / block_size)``, so blocks hold about
    ``block_size`` rows whatever the id distribution. A block becomes one record: its ids in ascending
    order and its matrix (a flat dense array, or CSR parts), built with SQL higher-order functions.
-2. **Pair.** Block records are cross-joined into block pairs ``(a, b)``; when the candidates are the
-   rows themselves (symmetric similarity) only ``a <= b`` is formed and ``(a, b)`` serves both
-   directions, which halves the work. Each block travels to ``n_blocks`` tasks, the cost of any
-   blocked matrix product (as in MLlib's ``BlockMatrix.multiply``), but never a cell of ``S``.
+2. **Pair.** Block records are cross-joined into ordered block pairs ``(a, b)``, all pairs of one
+   row block ``a`` in one task. Each block travels to ``n_blocks`` tasks, the cost of any blocked
+   matrix product (as in MLlib's ``BlockMatrix.multiply``), but never a cell of ``S``. When the
+   candidates are the rows themselves, ``(a, b)`` and ``(b, a)`` are both computed as ``a' @ b'.T``
+   with ``a' <= b'``, so both directions get bit-identical scores.
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
    product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
-   :func:`~watchnext.models.topk.top_positions` (and each column's, for ``a < b``).
-4. **Merge.** Every row has at most ``n_blocks * K`` candidates; a window keeps the K best.
+   :func:`~watchnext.models.topk.top_positions`, and the task keeps a running top K per row of its
+   row blocks across their pairs.
+4. **Merge.** Every row leaves its task with at most K candidates (not ``n_blocks * K``: the window
+   would otherwise sort ``n * n_blocks * K`` rows, 6e9 for 500k users); a window numbers them.
 
 Measures (``measure``):
 
@@ -244,15 +247,14 @@ def blocked_topk(
     rp = lp if symmetric else _pack(candidates, kind, measure, n_blocks)
     lp = lp.select([F.col(c).alias(f"a{c}") for c in lp.columns])
     rp = rp.select([F.col(c).alias(f"b{c}") for c in rp.columns])
+    # Every ordered block pair (a, b), all pairs of one row block a in one task: the task keeps a
+    # running top-K per row of a across its b blocks, so each row leaves it with at most K candidates
+    # (n x K rows reach the window, not n x n_blocks x K: 6e9 rows for 500k users in 245 blocks).
+    # A symmetric pair is multiplied once per direction, oriented as (smaller block, larger block)
+    # both times, so both directions see bit-identical scores.
     pairs = lp.crossJoin(rp)
-    if symmetric:
-        pairs = pairs.where(F.col(f"a{_BLOCK}") <= F.col(f"b{_BLOCK}"))
-    # Few pairs per task, so an Arrow batch holds a few pairs' blocks, not thousands (and tiny
-    # blocks, as in tests, do not mean one task per pair).
-    n_pairs = n_blocks * (n_blocks + 1) // 2 if symmetric else n_blocks * n_blocks
-    parallelism = rows.sparkSession.sparkContext.defaultParallelism
-    n_tasks = min(n_pairs, max(2 * parallelism, math.ceil(n_pairs / 16)))
-    pairs = pairs.repartition(n_tasks, f"a{_BLOCK}", f"b{_BLOCK}")
+    n_pairs = n_blocks * n_blocks
+    pairs = pairs.repartition(n_blocks, f"a{_BLOCK}")
     log.info(
         "blocked top-%d (%s, %s): %d rows, %d blocks, %d block pairs", k, kind, measure, n, n_blocks, n_pairs
     )
@@ -273,40 +275,64 @@ def blocked_topk(
             {col_id: rid[keep], col_neighbor: nbr_ids[top[keep]], col_score: vals[keep].astype(np.float64)}
         )
 
+    def score(rec: pd.Series, left: str, right: str) -> np.ndarray:
+        """The masked similarity matrix of ``left`` rows x ``right`` columns of one pair record."""
+        l_ids = np.asarray(rec[f"{left}{_IDS}"], dtype=np.int64)
+        r_ids = np.asarray(rec[f"{right}{_IDS}"], dtype=np.int64)
+        n_cols = 0
+        if kind == "sparse":
+            n_cols = 1 + max(
+                int(np.max(rec[f"{left}{_INDICES}"], initial=-1)),
+                int(np.max(rec[f"{right}{_INDICES}"], initial=-1)),
+            )
+        a = _matrix(rec, left, kind, np_dtype, n_cols)
+        b = _matrix(rec, right, kind, np_dtype, n_cols)
+        prod = a @ b.T
+        s = np.asarray(prod.toarray() if hasattr(prod, "toarray") else prod, dtype=np_dtype)
+        if measure in _SET_MEASURES:
+            # Counts are exact; one correctly rounded division (and a monotone sqrt) maps
+            # equal fractions to equal floats, so tied pairs stay tied.
+            na = np.asarray(rec[f"{left}{_LENS}"], dtype=np.float64)[:, None]
+            nb = np.asarray(rec[f"{right}{_LENS}"], dtype=np.float64)[None, :]
+            overlap = s.astype(np.float64)
+            if measure == "jaccard":
+                s = overlap / (na + nb - overlap)
+            else:
+                s = np.sqrt(overlap * overlap / (na * nb))
+            s[overlap < min_overlap] = -np.inf
+        if positive_only:
+            s[s <= 0] = -np.inf
+        s[np.isnan(s)] = -np.inf
+        if exclude_self:
+            s[np.equal.outer(l_ids, r_ids)] = -np.inf
+        return s
+
+    def best_k(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        """The K best candidates per row (score descending, ties to the smaller neighbour)."""
+        df = pd.concat(frames, ignore_index=True)
+        df = df.sort_values([col_id, col_score, col_neighbor], ascending=[True, False, True], kind="stable")
+        return df[df.groupby(col_id, sort=False).cumcount() < k]
+
     def multiply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        pending: dict[int, list[pd.DataFrame]] = {}  # row block -> candidate frames not yet reduced
+        sizes: dict[int, int] = {}
         for pdf in batches:
             for _, rec in pdf.iterrows():
+                a_block, b_block = int(rec[f"a{_BLOCK}"]), int(rec[f"b{_BLOCK}"])
                 a_ids = np.asarray(rec[f"a{_IDS}"], dtype=np.int64)
                 b_ids = np.asarray(rec[f"b{_IDS}"], dtype=np.int64)
-                n_cols = 0
-                if kind == "sparse":
-                    n_cols = 1 + max(
-                        int(np.max(rec[f"a{_INDICES}"], initial=-1)),
-                        int(np.max(rec[f"b{_INDICES}"], initial=-1)),
-                    )
-                a = _matrix(rec, "a", kind, np_dtype, n_cols)
-                b = _matrix(rec, "b", kind, np_dtype, n_cols)
-                prod = a @ b.T
-                s = np.asarray(prod.toarray() if hasattr(prod, "toarray") else prod, dtype=np_dtype)
-                if measure in _SET_MEASURES:
-                    # Counts are exact; one correctly rounded division (and a monotone sqrt) maps
-                    # equal fractions to equal floats, so tied pairs stay tied.
-                    na = np.asarray(rec[f"a{_LENS}"], dtype=np.float64)[:, None]
-                    nb = np.asarray(rec[f"b{_LENS}"], dtype=np.float64)[None, :]
-                    overlap = s.astype(np.float64)
-                    if measure == "jaccard":
-                        s = overlap / (na + nb - overlap)
-                    else:
-                        s = np.sqrt(overlap * overlap / (na * nb))
-                    s[overlap < min_overlap] = -np.inf
-                if positive_only:
-                    s[s <= 0] = -np.inf
-                s[np.isnan(s)] = -np.inf
-                if exclude_self:
-                    s[np.equal.outer(a_ids, b_ids)] = -np.inf
-                yield emit(a_ids, b_ids, s)
-                if symmetric and rec[f"a{_BLOCK}"] != rec[f"b{_BLOCK}"]:
-                    yield emit(b_ids, a_ids, s.T)
+                if symmetric and a_block > b_block:
+                    s = score(rec, "b", "a").T
+                else:
+                    s = score(rec, "a", "b")
+                out = emit(a_ids, b_ids, s)
+                pending.setdefault(a_block, []).append(out)
+                sizes[a_block] = sizes.get(a_block, 0) + len(out)
+                if sizes[a_block] > 4 * k * max(len(a_ids), 1) + 100_000:
+                    pending[a_block] = [best_k(pending[a_block])]
+                    sizes[a_block] = len(pending[a_block][0])
+        for frames in pending.values():
+            yield best_k(frames)
 
     candidates_df = pairs.mapInPandas(multiply, schema)
     order = Window.partitionBy(col_id).orderBy(F.col(col_score).desc(), F.col(col_neighbor).asc())

@@ -50,16 +50,19 @@ PACKAGES = (
 # bench -> (arguments of the full run, arguments of --quick). Each bench writes RESULTS/<bench>.json.
 SIZES: dict[str, tuple[list[str], list[str]]] = {
     "bench_topn": (
-        ["--users", "30000", "--items", "10000", "--rank", "64", "--k", "100", "--repeats", "2"],
+        ["--users", "20000", "--items", "8000", "--rank", "64", "--k", "100", "--repeats", "2"],
         ["--quick"],
     ),
     "bench_similarity": (
-        ["--tables", "1,4", "--buckets", "0.4,0.8", "--naive-items", "1500", "--lsh-budget", "400"],
+        ["--tables", "2", "--buckets", "0.4,0.8", "--naive-items", "1200", "--lsh-budget", "300"],
         ["--items", "2000", "--data", "/nonexistent", "--tables", "1", "--buckets", "0.8"]
         + ["--naive-items", "500"],
     ),
-    "bench_als": (["--repeats", "2"], ["--rank", "32", "--iters", "3", "--repeats", "1"]),
-    "bench_ncf": (["--epochs", "2", "--negatives", "20"], ["--epochs", "1", "--negatives", "4"]),
+    "bench_als": (
+        ["--rank", "64", "--iters", "5", "--repeats", "1"],
+        ["--rank", "32", "--iters", "3", "--repeats", "1"],
+    ),
+    "bench_ncf": (["--epochs", "2", "--negatives", "10"], ["--epochs", "1", "--negatives", "4"]),
     "bench_delta_write": (["--rows", "1000000"], ["--quick"]),
     "bench_serving": (
         ["--users", "50000", "--lookups", "1000", "--spark-lookups", "20", "--cli-runs", "2"],

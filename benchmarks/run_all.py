@@ -239,6 +239,8 @@ def markdown(table: list[dict[str, Any]], mach: dict[str, Any], vers: dict[str, 
     ]
     for r in table:
         ratio = f"**{r['ratio']:.3g}x**" if r["ratio"] is not None else "-"
+        if r["ratio"] and r["ratio"] < 1:
+            ratio += f" ({1 / r['ratio']:.1f}x faster)"
         lines.append(
             f"| {r['figure']} | {_fmt_s(r['ours_s'])} | {r['reference']} | {_fmt_s(r['reference_s'])} | "
             f"{ratio} | {r['target']} | {r['note']} |"

@@ -50,10 +50,14 @@ def run(
         "als.rank=8",
         "als.max_iter=5",
         "clusters.k=4",
+        "clusters.n_init=1",
+        "clusters.max_iter=10",
+        "similarity.sources=[cooccurrence]",
         "similarity.k=10",
         "similarity.user_k=20",
         f"recommend.n={N}",
         "recommend.candidates=30",
+        "recommend.sources=[als, item, user, cluster, popular]",
         "recommend.tuning.enabled=false",
         "recommend.genre_rows=2",
         "recommend.genre_row_length=5",
@@ -108,6 +112,9 @@ def _colours(png: bytes) -> tuple[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.browser
+@pytest.mark.timeout(
+    3000
+)  # the module's pipeline run is its setup: ~10 min on a quiet 2-core machine, more when busy
 def test_report_page_shows_the_run(
     spark: SparkSession, run: tuple[Config, dict[str, Any]], browser: Any, tmp_path: Path
 ) -> None:

@@ -78,11 +78,12 @@ def metrics_rows(at_k: pd.DataFrame) -> list[dict[str, Any]]:
 def render(data: ReportData) -> str:
     """The whole page."""
     ctx: dict[str, Any] = {"d": data, "fmt": fmt, "headers": HEADERS, "plots": {}}
+    models = set() if data.metrics is None else set(data.metrics["model"])
+    if data.exposure is not None:
+        models |= set(data.exposure.columns) - {D.CATALOGUE, D.INTERACTIONS}
+    colors = plots.palette(sorted(models))
     if data.metrics is not None and not data.metrics.empty:
         at_k = D.metrics_at_k(data.metrics, data.k)
-        colors = plots.palette(
-            list(at_k.index) + ([] if data.exposure is None else list(data.exposure.columns))
-        )
         ctx["metric_columns"] = list(at_k.columns)
         ctx["metric_rows"] = metrics_rows(at_k)
         long = data.metrics.sort_values(["metric", "k", "model"], na_position="first")
@@ -94,8 +95,6 @@ def render(data: ReportData) -> str:
             ctx["plots"]["curves"] = plots.metric_curves(curves, colors)
         if any(c in at_k.columns for c in BIAS_METRICS):
             ctx["plots"]["bias"] = plots.metric_bars(at_k, BIAS_METRICS, data.k, colors)
-    else:
-        colors = plots.palette([] if data.exposure is None else list(data.exposure.columns))
     if data.exposure is not None and not data.exposure.empty:
         ctx["plots"]["exposure"] = plots.popularity_exposure(data.exposure, colors)
     if data.clusters is not None and not data.clusters.empty:

@@ -31,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,14 @@ def stage_cmd(stage: str, size: dict[str, int], work: Path, extra: list[str]) ->
     return [*cmd, "--run-date", RUN_DATE, "--json"]
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of every reaped descendant (the stage process, its JVM, its workers)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_stage(cmd: list[str], log: Path, interval: float, deadline: float | None) -> dict[str, Any]:
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -162,7 +170,15 @@ def run_stage(cmd: list[str], log: Path, interval: float, deadline: float | None
     rc = proc.returncode
     status = "stopped at the deadline" if killed else ("ok" if rc == 0 else f"failed (exit {rc})")
     gib = {f"peak_{k}_gib": round(v / 2**30, 2) for k, v in sampler.peak.items()}
-    return {"status": status, "wall_s": round(wall, 1), **gib, "max_python_workers": sampler.max_workers}
+    # CPU-seconds (the process tree's, once reaped) move less than wall time when others load the machine.
+    cpu = round(_children_cpu() - cpu0, 1)
+    return {
+        "status": status,
+        "wall_s": round(wall, 1),
+        "cpu_s": cpu,
+        **gib,
+        "max_python_workers": sampler.max_workers,
+    }
 
 
 def summary_of(log: Path) -> dict[str, Any]:
@@ -184,7 +200,8 @@ def markdown(results: dict[str, Any]) -> str:
         for s, r in ((s, results[s]) for s in sizes)
     )
     lines = [
-        f"Per stage: wall time, peak RSS of the driver JVM / driver Python / Python workers (GiB). {head}.",
+        f"Per stage: wall time (CPU-seconds of the stage's process tree, where measured), peak RSS of the "
+        f"driver JVM / driver Python / Python workers (GiB). {head}.",
         "",
         "| stage | " + " | ".join(f"{s} wall | {s} JVM / py / workers" for s in sizes) + " |",
         "|---|" + "---|---|" * len(sizes),
@@ -202,6 +219,8 @@ def markdown(results: dict[str, Any]) -> str:
                 cells += [r.get("why", "skipped"), "-"]
                 continue
             wall = f"{r['wall_s']:.0f} s" + ("" if r["status"] == "ok" else f" ({r['status']})")
+            if r.get("cpu_s") is not None:
+                wall += f" ({r['cpu_s']:.0f} CPU-s)"
             mem = " / ".join(f"{r[f'peak_{k}_gib']:.1f}" for k in ("jvm", "driver_python", "python_workers"))
             cells += [wall, mem]
         if seen:

@@ -112,9 +112,8 @@ def _colours(png: bytes) -> tuple[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.timeout(
-    3000
-)  # the module's pipeline run is its setup: ~10 min on a quiet 2-core machine, more when busy
+# The module's pipeline run is this test's setup: over 20 min of wall time on a busy 2-core machine.
+@pytest.mark.timeout(3000)
 def test_report_page_shows_the_run(
     spark: SparkSession, run: tuple[Config, dict[str, Any]], browser: Any, tmp_path: Path
 ) -> None:

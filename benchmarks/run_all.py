@@ -256,7 +256,7 @@ def markdown(table: list[dict[str, Any]], mach: dict[str, Any], vers: dict[str, 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="each bench's smallest sizes (a smoke run)")
-    p.add_argument("--only", help="comma-separated benches (e.g. topn,als); default all")
+    p.add_argument("--only", help="comma-separated benches, run in that order (e.g. topn,als); default all")
     p.add_argument("--skip", default="", help="comma-separated benches to leave out")
     p.add_argument("--collect-only", action="store_true", help="only rebuild the table from the JSONs")
     args = p.parse_args(argv)
@@ -269,7 +269,7 @@ def main(argv: list[str]) -> int:
         unknown = norm(args.only) - set(names)
         if unknown:
             p.error(f"unknown benches {sorted(unknown)}; known: {', '.join(names)}")
-        names = [n for n in names if n in norm(args.only)]
+        names = [n if n.startswith("bench_") else f"bench_{n}" for n in args.only.split(",") if n]
     names = [n for n in names if n not in norm(args.skip)]
     missing = sorted(f.stem for f in (REPO / "benchmarks").glob("bench_*.py") if f.stem not in SIZES)
     if missing:

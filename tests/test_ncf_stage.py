@@ -24,6 +24,7 @@ SMALL_NCF = [
     "ncf.mlp_layers=[16, 8]",
     "ncf.batch_size=64",
     "ncf.learning_rate=0.005",
+    "ncf.l2=0.0001",
     "ncf.negative_rounds=3",
     "ncf.num_negatives=4",
     "ncf.shards=4",

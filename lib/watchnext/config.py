@@ -393,17 +393,17 @@ class NcfConfig(_Strict):
     mf_dim: int = Field(64, ge=1)  # GMF embedding size
     mlp_layers: list[int] = Field(default_factory=lambda: [128, 64])  # [0] = 2 x MLP embedding
     dropout: float = Field(0.0, ge=0, lt=1)
-    l2: float = Field(1e-4, ge=0)  # L2 on the embeddings, per sample
+    l2: float = Field(1e-2, ge=0)  # L2 on the looked-up embeddings, averaged over the scored pairs
     # Positives: every interaction (implicit), or ratings >= positive_threshold when it is set.
     positive_threshold: float | None = None
     num_negatives: int = Field(100, ge=1)  # sampled negatives per positive (uniform, unseen items)
     # Negative sets sampled in Spark; epoch e trains on set e % negative_rounds (fresh negatives per
     # epoch, as in the paper, when negative_rounds >= epochs).
-    negative_rounds: int = Field(6, ge=1)
+    negative_rounds: int = Field(8, ge=1)
     shards: int = Field(16, ge=1)  # Parquet shards of the training data; rank r reads s % size == r
     # softmax: cross-entropy of each positive against its negatives; bce: the paper's log loss.
     loss: Literal["softmax", "bce"] = "softmax"
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(512, ge=1)  # positives per Horovod rank and step
     learning_rate: float = Field(0.001, gt=0)
     scale_lr: bool = True  # learning rate x number of ranks (Horovod's rule)

@@ -22,7 +22,9 @@ duplicate (user, item, ts)       "duplicate (user_id, item_id)"; the higher rati
 unknown item                     "unknown item_id"                                           reject
 latin-1 titles                   read right when declared; read as UTF-8: encoding error     error
 user with one interaction        kept; in train, never in test                               kept
-single-item catalogue            ingested; the stages that need more items say so            error
+single-item catalogue            ingested; then als (and every stage that splits for         error
+                                 evaluation): "the evaluation split leaves no test
+                                 interaction ... a single-item catalogue has nothing to rank"
 missing path                     "ingest.generic.path: <path> does not exist" (and others)   error
 ===============================  ==========================================================  ======
 """
@@ -36,11 +38,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from conftest import local_overrides
 from watchnext import tables
-from watchnext.config import Config
+from watchnext.config import Config, load_config
 from watchnext.constants import (
     TABLE_INTERACTIONS,
     TABLE_ITEM_INDEX,
@@ -49,6 +54,7 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
 )
 from watchnext.evaluation import protocol
+from watchnext.evaluation.protocol import EmptyTestError
 from watchnext.ingest.validate import REJECTS_SCHEMA
 from watchnext.stages import ingest
 from watchnext.stages.ingest import NoInteractionsError
@@ -101,8 +107,6 @@ def interactions(spark: SparkSession, cfg: Config) -> DataFrame:
 
 def versions(spark: SparkSession, cfg: Config) -> dict[str, int | None]:
     """The current version of every table ingest writes (None: no table)."""
-    from delta.tables import DeltaTable
-
     out: dict[str, int | None] = {}
     for t in WRITTEN:
         path = cfg.table_path(t)
@@ -121,17 +125,6 @@ def test_empty_file(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ratings\.csv is empty"):
         ingest.run(spark, c, RUN)
     assert versions(spark, c) == dict.fromkeys(WRITTEN)
-
-
-def test_header_only_file_changes_nothing(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    good = generic(cfg, tmp_path / "day1", [HEADER, *GOOD])
-    ingest.run(spark, good, RUN)
-    before = versions(spark, good)
-    c = generic(good, tmp_path / "day2", [HEADER])
-    with pytest.raises(NoInteractionsError, match=r"has no interaction rows \(an empty file, or a header"):
-        ingest.run(spark, c, RUN)
-    assert versions(spark, c) == before
-    assertDataFrameEqual(interactions(spark, c), [("1", "10", 4.0), ("2", "20", 3.5)], INTERACTIONS)
 
 
 @pytest.mark.parametrize(
@@ -206,97 +199,177 @@ def test_missing_path(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
     assert versions(spark, c) == dict.fromkeys(WRITTEN)
 
 
-# ------------------------------------------------------------------------------- rows: rejects
-def test_non_numeric_ids(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    c = generic(
-        cfg, tmp_path, [HEADER, *GOOD, "u3,10,4.0,1700000002", "3,x10,4.0,1700000003", "3,1e3,4,1700000004"]
-    )
+# --------------------------------------------------------------------------- rows: one file, every kind
+# One ingest of one file holding every row-level kind (each kind with users of its own), so the
+# catalogue costs one run of the stage; each test checks its kind's slice of the tables.
+BIG, BIGGEST, TOO_BIG = "2147483648", "9223372036854775807", "9223372036854775808"
+OUT_OF_RANGE = ["5.5", "0", "-1", "Infinity"]
+ROWS = {
+    "good": GOOD,
+    "non-numeric ids": [f"u3,10,4.0,{T0}", f"3,x10,4.0,{T0}", f"3,1e3,4,{T0}"],
+    # ids are strings with an int index of their own: a 64-bit id is fine, beyond 64 bits it is not
+    "ids beyond int range": [f"{BIG},10,4.0,{T0}", f"{BIGGEST},20,2.0,{T0}", f"{TOO_BIG},10,4.0,{T0}"],
+    "ratings out of range": [f"40,10,0.5,{T0}", f"41,10,5,{T0}"]  # the bounds are valid
+    + [f"{42 + k},10,{r},{T0}" for k, r in enumerate(OUT_OF_RANGE)],
+    "NaN": [f"50,10,NaN,{T0}", f"51,10,nan,{T0}"],
+    "duplicates": [
+        f"60,10,4.0,{T0}",
+        f"60,10,4.0,{T0}",  # the same event twice
+        f"61,10,3.0,{T0}",
+        f"61,10,5.0,{T0}",  # same user, item and time, another rating: the higher one wins
+        f"62,10,2.0,{T0}",
+        f"62,10,4.5,{T0 + 5}",  # a later event of the pair wins
+    ],
+    "unknown item": [f"70,30,4.0,{T0}"],
+    # user 80 has one interaction; users 81 and 82 have four, so the split has a test set
+    "one interaction": [f"80,20,3.0,{T0}"]
+    + [f"{u},{i},4.0,{T0 + i}" for u in (81, 82) for i in (10, 11, 12, 13)],
+}
+DUP = "duplicate (user_id, item_id)"
+EXPECTED_REJECTS = {
+    "non-numeric ids": [
+        ("non-numeric user_id", record("u3", "10", "4.0", str(T0))),
+        ("non-numeric item_id", record("3", "x10", "4.0", str(T0))),
+        ("non-numeric item_id", record("3", "1e3", "4", str(T0))),
+    ],
+    "ids beyond int range": [("user_id out of range", record(TOO_BIG, "10", "4.0", str(T0)))],
+    "ratings out of range": [
+        ("rating out of range [0.5, 5]", record(str(42 + k), "10", r, str(T0)))
+        for k, r in enumerate(OUT_OF_RANGE)
+    ],
+    "NaN": [
+        ("rating is NaN", record("50", "10", "NaN", str(T0))),
+        ("rating is NaN", record("51", "10", "nan", str(T0))),
+    ],
+    "duplicates": [
+        (DUP, record("60", "10", "4.0", str(T0))),
+        (DUP, record("61", "10", "3.0", str(T0))),
+        (DUP, record("62", "10", "2.0", str(T0))),
+    ],
+    "unknown item": [("unknown item_id", record("70", "30", "4.0", str(T0)))],
+}
+EXPECTED_VALID = {
+    "good": [("1", "10", 4.0), ("2", "20", 3.5)],
+    "ids beyond int range": [(BIG, "10", 4.0), (BIGGEST, "20", 2.0)],
+    "ratings out of range": [("40", "10", 0.5), ("41", "10", 5.0)],
+    "duplicates": [("60", "10", 4.0), ("61", "10", 5.0), ("62", "10", 4.5)],
+    "one interaction": [("80", "20", 3.0)]
+    + [(u, str(i), 4.0) for u in ("81", "82") for i in (10, 11, 12, 13)],
+}
+
+
+@pytest.fixture(scope="module")
+def mixed(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    tmp = tmp_path_factory.mktemp("bad_rows")
+    lines = [HEADER, *(line for rows in ROWS.values() for line in rows)]
+    items = [*ITEMS, *(f"{i},Film {i} (2000),Drama" for i in (11, 12, 13))]
+    c = generic(load_config(env="local", overrides=local_overrides(tmp)), tmp, lines, items=items)
     ingest.run(spark, c, RUN)
-    assertDataFrameEqual(interactions(spark, c), [("1", "10", 4.0), ("2", "20", 3.5)], INTERACTIONS)
+    return c
+
+
+def _rejects_of(spark: SparkSession, c: Config, kind: str) -> tuple[DataFrame, DataFrame]:
+    reasons = {reason for reason, _ in EXPECTED_REJECTS[kind]}
+    got = read(spark, c, TABLE_REJECTS).where(F.col("reason").isin(*reasons))
+    return got, rejects(spark, EXPECTED_REJECTS[kind])
+
+
+def _valid_of(spark: SparkSession, c: Config, kind: str) -> tuple[DataFrame, DataFrame]:
+    users = sorted({u for u, _, _ in EXPECTED_VALID[kind]})
+    got = interactions(spark, c).where(F.col("user_id").isin(*users))
+    return got, spark.createDataFrame(EXPECTED_VALID[kind], INTERACTIONS)
+
+
+def test_every_row_is_valid_or_rejected_with_its_reason(spark: SparkSession, mixed: Config) -> None:
     assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(
-            spark,
-            [
-                ("non-numeric user_id", record("u3", "10", "4.0", "1700000002")),
-                ("non-numeric item_id", record("3", "x10", "4.0", "1700000003")),
-                ("non-numeric item_id", record("3", "1e3", "4", "1700000004")),
-            ],
-        ),
+        read(spark, mixed, TABLE_REJECTS),
+        rejects(spark, [r for rows in EXPECTED_REJECTS.values() for r in rows]),
+    )
+    assertDataFrameEqual(
+        interactions(spark, mixed),
+        spark.createDataFrame([r for rows in EXPECTED_VALID.values() for r in rows], INTERACTIONS),
     )
 
 
-def test_ids_beyond_int_range(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    # ids are strings with a separate int index, so a 64-bit id is fine; beyond 64 bits it is rejected
-    big, biggest, too_big = "2147483648", "9223372036854775807", "9223372036854775808"
-    c = generic(
-        cfg,
-        tmp_path,
-        [
-            HEADER,
-            *GOOD,
-            f"{big},10,4.0,1700000002",
-            f"{biggest},20,2.0,1700000003",
-            f"{too_big},10,4.0,1700000004",
-        ],
+def test_header_only_file_changes_nothing(spark: SparkSession, mixed: Config, tmp_path: Path) -> None:
+    before = versions(spark, mixed)
+    c = generic(mixed, tmp_path, [HEADER])
+    with pytest.raises(NoInteractionsError, match=r"has no interaction rows \(an empty file, or a header"):
+        ingest.run(spark, c, RUN)
+    assert versions(spark, c) == before
+    test_every_row_is_valid_or_rejected_with_its_reason(spark, mixed)
+
+
+def test_non_numeric_ids(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "non-numeric ids"))
+
+
+def test_ids_beyond_int_range(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "ids beyond int range"))
+    assertDataFrameEqual(*_valid_of(spark, mixed, "ids beyond int range"))
+    # every valid user got an int index: shorter ids first, then in order
+    valid_users = sorted(
+        {u for rows in EXPECTED_VALID.values() for u, _, _ in rows}, key=lambda u: (len(u), u)
     )
-    ingest.run(spark, c, RUN)
     assertDataFrameEqual(
-        tables.read(spark, c.table_path(TABLE_USER_INDEX)),
-        [("1", 0, RUN), ("2", 1, RUN), (big, 2, RUN), (biggest, 3, RUN)],
+        tables.read(spark, mixed.table_path(TABLE_USER_INDEX)),
+        [(u, k, RUN) for k, u in enumerate(valid_users)],
         "user_id string, user_idx int, first_seen date",
     )
-    assertDataFrameEqual(
-        read(spark, c, TABLE_INTERACTIONS).select("user_id", "user_idx", "item_id", "rating"),
-        [("1", 0, "10", 4.0), ("2", 1, "20", 3.5), (big, 2, "10", 4.0), (biggest, 3, "20", 2.0)],
-        "user_id string, user_idx int, item_id string, rating double",
-    )
-    assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(spark, [("user_id out of range", record(too_big, "10", "4.0", "1700000004"))]),
-    )
+    assert valid_users[-2:] == [BIG, BIGGEST]
 
 
-def test_ratings_out_of_range(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    bad = ["5.5", "0", "-1", "Infinity"]
-    lines = ["3,10,0.5,1700000002", "4,10,5,1700000003"]  # the bounds are valid
-    lines += [f"{5 + k},10,{r},{T0}" for k, r in enumerate(bad)]
-    c = generic(cfg, tmp_path, [HEADER, *GOOD, *lines])
+def test_ratings_out_of_range(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "ratings out of range"))
+    assertDataFrameEqual(*_valid_of(spark, mixed, "ratings out of range"))
+
+
+def test_nan_ratings(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "NaN"))
+
+
+def test_duplicate_user_item_timestamp(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "duplicates"))
+    assertDataFrameEqual(*_valid_of(spark, mixed, "duplicates"))
+
+
+def test_unknown_item(spark: SparkSession, mixed: Config) -> None:
+    assertDataFrameEqual(*_rejects_of(spark, mixed, "unknown item"))
+
+
+def test_user_with_one_interaction(spark: SparkSession, mixed: Config) -> None:
+    """Kept; the evaluation split keeps the only interaction in train (a test row could not be scored)."""
+    assertDataFrameEqual(*_valid_of(spark, mixed, "one interaction"))
+    inter = read(spark, mixed, TABLE_INTERACTIONS)
+    train, test = protocol.split(inter, mixed.evaluation)
+    one = inter.where("user_id = '80'").select("user_idx", "item_idx")
+    assertDataFrameEqual(train.join(one.select("user_idx"), "user_idx").select("user_idx", "item_idx"), one)
+    assert test.join(one.select("user_idx"), "user_idx").isEmpty()
+    assert not test.isEmpty()
+
+
+def test_single_item_catalogue(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
+    """Valid rows, so ingest takes them; the model stages then say why they cannot work."""
+    from watchnext.stages import als
+
+    ratings = [HEADER, *(f"{u},10,{1 + u % 5}.0,{T0 + u}" for u in range(1, 31))]
+    c = generic(cfg, tmp_path, ratings, items=["item_id,title,genres", "10,Heat (1995),Crime|Drama"])
     ingest.run(spark, c, RUN)
     assertDataFrameEqual(
-        interactions(spark, c),
-        [("1", "10", 4.0), ("2", "20", 3.5), ("3", "10", 0.5), ("4", "10", 5.0)],
-        INTERACTIONS,
+        read(spark, c, TABLE_ITEMS).select("item_id", "item_idx"), [("10", 0)], "item_id string, item_idx int"
     )
-    assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(
-            spark,
-            [
-                ("rating out of range [0.5, 5]", record(str(5 + k), "10", r, str(T0)))
-                for k, r in enumerate(bad)
-            ],
-        ),
-    )
+    assert read(spark, c, TABLE_INTERACTIONS).count() == 30
+    # als (and ncf, similarities, recommend, evaluate: every stage that splits for evaluation)
+    with pytest.raises(
+        EmptyTestError,
+        match=r"leaves no test interaction in 30 interactions of 30 users over 1 item: "
+        r"no model can be scored \(a single-item catalogue has nothing to rank\)",
+    ):
+        als.run(spark, c, RUN)
+    assert not tables.exists(spark, c.table_path("user_factors"))
 
 
-def test_nan_ratings_csv(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    c = generic(cfg, tmp_path, [HEADER, *GOOD, f"3,10,NaN,{T0}", f"4,10,nan,{T0}"])
-    ingest.run(spark, c, RUN)
-    assertDataFrameEqual(interactions(spark, c), [("1", "10", 4.0), ("2", "20", 3.5)], INTERACTIONS)
-    assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(
-            spark,
-            [
-                ("rating is NaN", record("3", "10", "NaN", str(T0))),
-                ("rating is NaN", record("4", "10", "nan", str(T0))),
-            ],
-        ),
-    )
-
-
-def test_nan_ratings_parquet(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
+def test_nan_ratings_in_parquet(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
     path = tmp_path / "ratings.parquet"
     pq.write_table(
         pa.table(
@@ -316,44 +389,6 @@ def test_nan_ratings_parquet(spark: SparkSession, cfg: Config, tmp_path: Path) -
     assertDataFrameEqual(interactions(spark, c), [("1", "10", 4.0), ("3", "10", 3.0)], INTERACTIONS)
     assertDataFrameEqual(
         read(spark, c, TABLE_REJECTS), rejects(spark, [("rating is NaN", record("2", "20", "NaN", str(T0)))])
-    )
-
-
-def test_duplicate_user_item_timestamp(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    lines = [
-        f"1,10,4.0,{T0}",
-        f"1,10,4.0,{T0}",  # the same event twice
-        f"2,10,3.0,{T0}",
-        f"2,10,5.0,{T0}",  # same user, item and time, another rating: the higher one wins
-        f"3,10,2.0,{T0}",
-        f"3,10,4.5,{T0 + 5}",  # a later event of the pair wins
-    ]
-    c = generic(cfg, tmp_path, [HEADER, *lines])
-    ingest.run(spark, c, RUN)
-    assertDataFrameEqual(
-        interactions(spark, c), [("1", "10", 4.0), ("2", "10", 5.0), ("3", "10", 4.5)], INTERACTIONS
-    )
-    dup = "duplicate (user_id, item_id)"
-    assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(
-            spark,
-            [
-                (dup, record("1", "10", "4.0", str(T0))),
-                (dup, record("2", "10", "3.0", str(T0))),
-                (dup, record("3", "10", "2.0", str(T0))),
-            ],
-        ),
-    )
-
-
-def test_unknown_item(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    c = generic(cfg, tmp_path, [HEADER, *GOOD, f"3,30,4.0,{T0}"])
-    ingest.run(spark, c, RUN)
-    assertDataFrameEqual(interactions(spark, c), [("1", "10", 4.0), ("2", "20", 3.5)], INTERACTIONS)
-    assertDataFrameEqual(
-        read(spark, c, TABLE_REJECTS),
-        rejects(spark, [("unknown item_id", record("3", "30", "4.0", str(T0)))]),
     )
 
 
@@ -399,18 +434,3 @@ def test_latin1_titles_read_as_utf8(spark: SparkSession, cfg: Config, tmp_path: 
 
 
 # ------------------------------------------------------------------------------- valid but thin
-def test_user_with_one_interaction(spark: SparkSession, cfg: Config, tmp_path: Path) -> None:
-    lines = [f"1,{i},4.0,{T0 + i}" for i in (10, 20, 30, 40)] + [f"7,10,3.0,{T0}"]
-    items = ["item_id,title,genres", *[f"{i},Film {i} (2000),Drama" for i in (10, 20, 30, 40)]]
-    c = generic(cfg, tmp_path, [HEADER, *lines], items=items)
-    ingest.run(spark, c, RUN)
-    inter = read(spark, c, TABLE_INTERACTIONS)
-    assertDataFrameEqual(
-        inter.where("user_id = '7'").select("user_id", "item_id", "rating"), [("7", "10", 3.0)], INTERACTIONS
-    )
-    train, test = protocol.split(inter, c.evaluation)
-    idx = inter.where("user_id = '7'").first().user_idx
-    assertDataFrameEqual(
-        train.where(f"user_idx = {idx}").select("item_idx"), inter.where("user_id = '7'").select("item_idx")
-    )
-    assert test.where(f"user_idx = {idx}").isEmpty()

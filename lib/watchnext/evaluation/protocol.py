@@ -32,15 +32,46 @@ from watchnext.evaluation.splits import leave_last_n_split, random_split, strati
 
 
 def split(interactions: DataFrame, cfg: EvaluationConfig) -> tuple[DataFrame, DataFrame]:
-    """(train, test) of ``interactions`` under the configured protocol."""
+    """(train, test) of ``interactions`` under the configured protocol.
+
+    Raises :class:`EmptyTestError` when the split leaves no test interaction: no model could be scored
+    (every stage that evaluates would fail later, and less clearly).
+    """
     if cfg.split == "stratified":
-        return stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
-    if cfg.split == "random":
-        return random_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
-    if cfg.split == "leave_last_n":
-        return leave_last_n_split(interactions, n=cfg.leave_last_n)
-    assert cfg.time_cutoff is not None  # checked by the config
-    return time_split(interactions, cfg.time_cutoff)
+        train, test = stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+    elif cfg.split == "random":
+        train, test = random_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+    elif cfg.split == "leave_last_n":
+        train, test = leave_last_n_split(interactions, n=cfg.leave_last_n)
+    else:
+        assert cfg.time_cutoff is not None  # checked by the config
+        train, test = time_split(interactions, cfg.time_cutoff)
+    if test.isEmpty():
+        raise EmptyTestError(_empty_test_message(interactions, cfg))
+    return train, test
+
+
+class EmptyTestError(ValueError):
+    """The evaluation split of the interactions holds no test interaction: the data is too small."""
+
+
+def _empty_test_message(interactions: DataFrame, cfg: EvaluationConfig) -> str:
+    row = interactions.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.countDistinct(COL_USER_IDX).alias("users"),
+        F.countDistinct(COL_ITEM_IDX).alias("items"),
+    ).first()
+    n, users, items = (int(row[c]) for c in ("n", "users", "items"))
+    what = f"{n} interactions of {users} users over {items} item{'s' if items != 1 else ''}"
+    hint = (
+        "a single-item catalogue has nothing to rank"
+        if items < 2
+        else "a test interaction needs a user with several items and an item that someone else has in train"
+    )
+    return (
+        f"the evaluation split (evaluation.split={cfg.split}) leaves no test interaction in {what}: "
+        f"no model can be scored ({hint}); the data is too small to recommend from"
+    )
 
 
 def write_recommendations(recs: DataFrame, cfg: Config, model: str, run_date: dt.date, run_id: str) -> None:

@@ -141,7 +141,12 @@ def _log_model(cfg: Config, model: Any, params: AlsParams) -> str | None:
         return None
     import mlflow
 
-    info = mlflow.spark.log_model(model, "model", registered_model_name=cfg.als.registered_model)
+    info = mlflow.spark.log_model(
+        model,
+        "model",
+        registered_model_name=cfg.als.registered_model,
+        pip_requirements=tracking.spark_model_requirements(),
+    )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(cfg.als.registered_model, cfg.als.model_alias, version)
     log.info("registered %s version %s as @%s", cfg.als.registered_model, version, cfg.als.model_alias)

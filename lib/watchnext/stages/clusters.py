@@ -147,5 +147,10 @@ def _log_model(cfg: Config, model: PipelineModel) -> str | None:
         return None
     import mlflow
 
-    info = mlflow.spark.log_model(model, "model", registered_model_name=cfg.clusters.registered_model)
+    info = mlflow.spark.log_model(
+        model,
+        "model",
+        registered_model_name=cfg.clusters.registered_model,
+        pip_requirements=tracking.spark_model_requirements(),
+    )
     return str(info.registered_model_version)

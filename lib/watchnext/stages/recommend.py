@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
@@ -130,6 +130,19 @@ class Sources:
     affinity: DataFrame | None = None  # (user_idx, cluster_id, share)
     ncf: DataFrame | None = None  # (user_idx, item_idx, score) candidate pairs scored by NCF
     item_clusters: DataFrame | None = None  # (item_idx, cluster_id)
+    cached: list[DataFrame] = field(default_factory=list)
+
+    def cache(self, df: DataFrame) -> DataFrame:
+        """Persist ``df`` until :meth:`release`: frames that several candidate branches read (popularity,
+        the users, their seen items) are computed once, not once per branch of the plan."""
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        self.cached.append(df)
+        return df
+
+    def release(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+        self.cached.clear()
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -148,6 +161,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     summary: dict[str, Any] = {"model_versions": versions, "sources": list(rc.sources)}
     tracking.log_params({"blend.sources": ",".join(rc.sources), "blend.n": rc.n})
     persisted: list[DataFrame] = [interactions]
+    sources: list[Sources] = []
     try:
         train, test = protocol.split(interactions, cfg.evaluation)
         train = train.persist(StorageLevel.MEMORY_AND_DISK)
@@ -167,13 +181,16 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         ts = time.perf_counter()
         k = max(cfg.evaluation.ks + [cfg.evaluation.k])
         offline = _fit_sources(cfg, train, item_clusters, als_params)
-        recs = _recommend(cfg, offline, test.select(COL_USER_IDX).distinct(), item_clusters, weights, k)
+        sources.append(offline)
+        recs = _recommend(cfg, offline, test.select(COL_USER_IDX), item_clusters, weights, k)
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
+        offline.release()
         summary["offline_seconds"] = round(time.perf_counter() - ts, 2)
 
         # 3. publish
         ts = time.perf_counter()
         published = _published_sources(spark, cfg, run_date, interactions, item_clusters)
+        sources.append(published)
         users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
         scored = _scored_pool(cfg, published, users.select(COL_USER_IDX), weights).persist(
             StorageLevel.MEMORY_AND_DISK
@@ -220,6 +237,8 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             )
         }
     finally:
+        for src in sources:
+            src.release()
         for df in persisted:
             df.unpersist()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -236,13 +255,13 @@ def _fit_sources(cfg: Config, history: DataFrame, item_clusters: DataFrame, para
         trending=trending_scores(history, cfg.evaluation.trending_window_days),
         item_clusters=item_clusters.select(COL_ITEM_IDX, COL_CLUSTER),
     )
+    src.popularity, src.trending = src.cache(src.popularity), src.cache(src.trending)
     need_factors = "als" in rc.sources or (
         "item" in rc.sources and rc.item_source == "als" or "user" in rc.sources and sim.user_source == "als"
     )
     if need_factors:
         users, items = factor_frames(fit_als(history, params, num_blocks=cfg.als.num_blocks))
-        src.user_factors = users.persist(StorageLevel.MEMORY_AND_DISK)
-        src.item_factors = items.persist(StorageLevel.MEMORY_AND_DISK)
+        src.user_factors, src.item_factors = src.cache(users), src.cache(items)
     warm = (
         history.groupBy(COL_ITEM_IDX)
         .agg(F.count(F.lit(1)).alias("_n"))
@@ -296,6 +315,7 @@ def _published_sources(
         trending=trending_scores(history, cfg.evaluation.trending_window_days),
         item_clusters=item_clusters.select(COL_ITEM_IDX, COL_CLUSTER),
     )
+    src.popularity, src.trending = src.cache(src.popularity), src.cache(src.trending)
     if "als" in rc.sources:
         src.user_factors = _input(spark, cfg, TABLE_USER_FACTORS, run_date).select(COL_USER_IDX, COL_FEATURES)
         src.item_factors = _input(spark, cfg, TABLE_ITEM_FACTORS, run_date).select(COL_ITEM_IDX, COL_FEATURES)
@@ -328,7 +348,7 @@ def _candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
     """Every source's top-M unseen items for ``users`` (distinct user_idx), in the long format."""
     rc, m = cfg.recommend, cfg.recommend.candidates
     seen = src.history.select(COL_USER_IDX, COL_ITEM_IDX)
-    seen_u = seen.join(users, COL_USER_IDX, "left_semi")
+    seen_u = src.cache(seen.join(users, COL_USER_IDX, "left_semi"))
     parts: list[DataFrame] = []
     for s in rc.sources:
         if s == "als" and src.user_factors is not None and src.item_factors is not None:
@@ -369,7 +389,7 @@ def _scored_pool(cfg: Config, src: Sources, users: DataFrame, weights: dict[str,
     """The blended candidate pool of ``users``: one row per (user, item) with score and dominant
     source; users with fewer than ``cold_threshold`` interactions scored with the cold weights."""
     rc = cfg.recommend
-    users = users.select(COL_USER_IDX).distinct()
+    users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = _candidates(cfg, src, users)
     pooled = B.pool(cand, rc.sources, rc.candidates, rc.normalization, popularity=src.popularity)
     counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias("_n"))
@@ -421,9 +441,7 @@ def _tune(
             .toPandas()
         )
         n_rel = truth.groupBy(COL_USER_IDX).count().toPandas().set_index(COL_USER_IDX)["count"]
-        for df in (src.user_factors, src.item_factors):
-            if df is not None:
-                df.unpersist()
+        src.release()
     finally:
         fit.unpersist()
         valid.unpersist()

@@ -10,8 +10,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 import datetime as dt
-from collections.abc import Iterator
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -20,6 +23,9 @@ from watchnext.config import Config, SparkConfig, load_config
 from watchnext.session import build_session
 
 RUN_DATE = dt.date(2024, 6, 1)
+# Seconds an end-to-end test (the Airflow DAG run, the standalone cluster) may take: minutes on a quiet
+# 2-core machine, far longer when other work shares it; raise it there with WATCHNEXT_E2E_TIMEOUT.
+E2E_TIMEOUT = int(os.environ.get("WATCHNEXT_E2E_TIMEOUT", "2400"))
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +78,20 @@ def cfg(tmp_path: Path) -> Config:
 @pytest.fixture()
 def run_date() -> dt.date:
     return RUN_DATE
+
+
+def run_process_group(cmd: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a process group of its own that is killed as a whole on a timeout or an
+    error: spark-submit's JVM, the Python driver it starts and that driver's workers do not outlive
+    the test (a plain ``subprocess.run`` kills only the direct child)."""
+    with subprocess.Popen(cmd, start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

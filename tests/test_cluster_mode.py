@@ -33,7 +33,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import RUN_DATE, local_overrides
+from conftest import E2E_TIMEOUT, RUN_DATE, local_overrides, run_process_group
 from watchnext import pipeline, tables
 from watchnext.config import Config, load_config
 from watchnext.constants import (
@@ -72,7 +72,7 @@ OVERRIDES = [
     "similarity.user_k=20",
     "similarity.sources=[als,cooccurrence]",  # content needs the clusters stage's item_features
     "ncf.enabled=false",
-    "spark.shuffle_partitions=4",
+    "spark.shuffle_partitions=2",
 ]
 
 PROBE = """
@@ -247,7 +247,15 @@ def _submit(
     ]  # fmt: skip
     env = {**cluster.env, "WATCHNEXT_CONF_DIR": str(ROOT / "conf"), "PYTHONHASHSEED": "0"}
     env.pop("PYTHONPATH", None)
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    return run_process_group(
+        cmd,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=E2E_TIMEOUT,
+    )
 
 
 def _json_out(proc: subprocess.CompletedProcess[str]) -> dict:
@@ -285,10 +293,8 @@ def test_executors_import_the_packaged_library(
     assert "watchnext.zip" in out["driver"], out["driver"]
 
 
-@pytest.mark.timeout(3000)  # three jobs plus their local-mode references; slow on a busy 2-core machine
-# Held back from collection (issue 7): written, never yet seen passing end to end on a quiet machine.
-# Rename to test_* to run it: .venv/bin/pytest tests/test_cluster_mode.py
-def pending_pipeline_jobs_on_a_standalone_cluster(
+@pytest.mark.timeout(E2E_TIMEOUT)  # three jobs on the cluster plus their local-mode references
+def test_pipeline_jobs_on_a_standalone_cluster(
     spark: SparkSession, cluster: Standalone, package: Path, executor_python: Path, tmp_path: Path
 ) -> None:
     cluster_dir, local_dir, workdir = tmp_path / "cluster", tmp_path / "local", tmp_path / "cwd"

@@ -181,6 +181,24 @@ def test_ranking_metrics_match_reference_on_random_data(
         _approx(ranking_metrics(recs, truth, k=k), expected)
 
 
+def test_several_cut_offs_in_one_pass_match_the_reference_at_each(
+    spark: SparkSession, random_lists: RandomLists
+) -> None:
+    lists, relevant, score_rows = random_lists
+    recs = spark.createDataFrame(score_rows, SCORE_RECS)
+    truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
+    ks = [12, 1, 5, 3]  # any order; one over some lists' length
+    expected: dict[str, float] = {}
+    for k in sorted(ks):
+        expected |= _reference_ranking(lists, relevant, k)
+    got = ranking_metrics(recs, truth, ks)
+    _approx(got, expected)
+    with pytest.raises(ValueError, match="no cut-off"):
+        ranking_metrics(recs, truth, [])
+    with pytest.raises(ValueError, match="positive int"):
+        ranking_metrics(recs, truth, [5, 0])
+
+
 # --- beyond accuracy: hand-made examples ---------------------------------------------------------
 
 
@@ -320,13 +338,18 @@ def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: Ra
     truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
     train = spark.createDataFrame([(u, i) for u in range(60) for i in range(0, 200, 1 + u % 5)], PAIRS)
     features = spark.createDataFrame([(i, [str(i % 3)]) for i in range(200)], GENRES)
-    out = evaluate_all(recs, truth, 10, train=train, n_items=200, item_features=features)
+    out = evaluate_all(recs, truth, 10, train=train, n_items=200, item_features=features, ranking_ks=[5, 20])
     top = top_k(recs, 10)
-    expected = ranking_metrics(recs, truth, 10) | {
-        "catalog_coverage_at_10": catalog_coverage(top, 200),
-        "novelty_at_10": novelty(top, train),
-        "exposure_gini_at_10": popularity_bias(top, train, n_items=200)["exposure_gini"],
-        "long_tail_share_at_10": popularity_bias(top, train)["long_tail_share"],
-        "ild_at_10": intra_list_diversity(top, features),
-    }
+    expected = (
+        ranking_metrics(recs, truth, 5)
+        | ranking_metrics(recs, truth, 20)
+        | ranking_metrics(recs, truth, 10)
+        | {
+            "catalog_coverage_at_10": catalog_coverage(top, 200),
+            "novelty_at_10": novelty(top, train),
+            "exposure_gini_at_10": popularity_bias(top, train, n_items=200)["exposure_gini"],
+            "long_tail_share_at_10": popularity_bias(top, train)["long_tail_share"],
+            "ild_at_10": intra_list_diversity(top, features),
+        }
+    )
     _approx(out, expected)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -104,7 +105,7 @@ def _relevant(
 def ranking_metrics(
     recs: DataFrame,
     truth: DataFrame,
-    k: int,
+    k: int | Sequence[int],
     *,
     relevance_threshold: float | None = None,
     col_user: str = COL_USER_IDX,
@@ -115,47 +116,60 @@ def ranking_metrics(
 ) -> dict[str, float]:
     """Precision, recall, NDCG, MAP, MRR and hit rate at ``k`` (definitions in the module docstring).
 
-    ``recs`` is cut to its top ``k`` with :func:`top_k`. A ``truth`` row is relevant when
-    ``relevance_threshold`` is None, else when its rating is ``>= relevance_threshold``.
-    Raises ``ValueError`` if no user has a relevant item.
+    ``k`` may be several cut-offs: every one is computed in the same pass (one top-``max(k)`` cut, one
+    join, one aggregation), since the top ``k`` of a list is its ranks ``1..k``. ``recs`` is cut with
+    :func:`top_k`. A ``truth`` row is relevant when ``relevance_threshold`` is None, else when its
+    rating is ``>= relevance_threshold``. Raises ``ValueError`` if no user has a relevant item.
     """
-    _check_k(k)
-    top = top_k(recs, k, col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
+    ks = sorted({k} if isinstance(k, int) else set(k))
+    if not ks:
+        raise ValueError("no cut-off k given")
+    for kk in ks:
+        _check_k(kk)
+    top = top_k(recs, ks[-1], col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
     rel = _relevant(truth, col_user, col_item, col_rating, relevance_threshold)
 
     n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
     hits = top.join(rel, [col_user, col_item], "inner")
     rank = F.col(col_rank).cast("double")
+    # hits up to and including each hit's rank: the same whatever the cut-off at or below that rank
     cum_hits = F.row_number().over(Window.partitionBy(col_user).orderBy(col_rank)).cast("double")
+    sums = []
+    for kk in ks:
+        within = F.col(col_rank) <= kk
+        sums += [
+            F.sum(F.when(within, 1.0).otherwise(0.0)).alias(f"_hits{kk}"),
+            F.sum(F.when(within, 1.0 / F.log2(rank + 1.0)).otherwise(0.0)).alias(f"_dcg{kk}"),
+            F.sum(F.when(within, F.col("_cum") / rank).otherwise(0.0)).alias(f"_ap{kk}"),
+        ]
     per_user_hits = (
-        hits.withColumn("_cum", cum_hits)
-        .groupBy(col_user)
-        .agg(
-            F.count(F.lit(1)).cast("double").alias("_hits"),
-            F.sum(1.0 / F.log2(rank + 1.0)).alias("_dcg"),
-            F.sum(F.col("_cum") / rank).alias("_ap_sum"),
-            F.min(rank).alias("_first"),
-        )
+        hits.withColumn("_cum", cum_hits).groupBy(col_user).agg(*sums, F.min(rank).alias("_first"))
     )
-    # IDCG depends only on min(K, |R_u|): a K-long lookup array of prefix sums.
-    idcg = [sum(1.0 / math.log2(i + 1) for i in range(1, j + 1)) for j in range(1, k + 1)]
-    idcg_at = F.element_at(F.array(*[F.lit(v) for v in idcg]), F.least(F.col("_n_rel"), F.lit(k)).cast("int"))
-    per_user = n_rel.join(per_user_hits, col_user, "left").fillna(0.0, subset=["_hits", "_dcg", "_ap_sum"])
+    filled = [c for kk in ks for c in (f"_hits{kk}", f"_dcg{kk}", f"_ap{kk}")]
+    per_user = n_rel.join(per_user_hits, col_user, "left").fillna(0.0, subset=filled)
     n = F.col("_n_rel").cast("double")
-    names = {
-        f"precision_at_{k}": F.col("_hits") / float(k),
-        f"recall_at_{k}": F.col("_hits") / n,
-        f"ndcg_at_{k}": F.col("_dcg") / idcg_at,
-        f"map_at_{k}": F.col("_ap_sum") / n,
-        f"mrr_at_{k}": F.coalesce(1.0 / F.col("_first"), F.lit(0.0)),
-        f"hit_rate_at_{k}": (F.col("_hits") > 0).cast("double"),
-    }
+    names: dict[str, Column] = {}
+    for kk in ks:
+        # IDCG depends only on min(K, |R_u|): a K-long lookup array of prefix sums.
+        idcg = [sum(1.0 / math.log2(i + 1) for i in range(1, j + 1)) for j in range(1, kk + 1)]
+        idcg_at = F.element_at(
+            F.array(*[F.lit(v) for v in idcg]), F.least(F.col("_n_rel"), F.lit(kk)).cast("int")
+        )
+        hits_k = F.col(f"_hits{kk}")
+        names |= {
+            f"precision_at_{kk}": hits_k / float(kk),
+            f"recall_at_{kk}": hits_k / n,
+            f"ndcg_at_{kk}": F.col(f"_dcg{kk}") / idcg_at,
+            f"map_at_{kk}": F.col(f"_ap{kk}") / n,
+            f"mrr_at_{kk}": F.when(F.col("_first") <= kk, 1.0 / F.col("_first")).otherwise(0.0),
+            f"hit_rate_at_{kk}": (hits_k > 0).cast("double"),
+        }
     row = per_user.agg(
         F.count(F.lit(1)).alias("_users"), *[F.avg(expr).alias(name) for name, expr in names.items()]
     ).first()
     if not row["_users"]:
         raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
-    log.info("ranking metrics at %d over %d users", k, row["_users"])
+    log.info("ranking metrics at %s over %d users", ks, row["_users"])
     return {name: float(row[name]) for name in names}
 
 
@@ -370,8 +384,10 @@ def evaluate_all(
     col_score: str = COL_SCORE,
     col_rating: str = COL_RATING,
     col_features: str = COL_GENRES,
+    ranking_ks: Sequence[int] = (),
 ) -> dict[str, float]:
-    """Ranking metrics plus the beyond-accuracy metrics the inputs allow, all on the top ``k``.
+    """Ranking metrics plus the beyond-accuracy metrics the inputs allow, all on the top ``k``;
+    ``ranking_ks`` adds the ranking metrics at more cut-offs (computed in the same pass).
 
     Adds ``catalog_coverage_at_K`` (when ``n_items`` is given, or ``train`` to count its items),
     ``novelty_at_K``, ``exposure_gini_at_K`` and ``long_tail_share_at_K`` (when ``train`` is given),
@@ -381,7 +397,7 @@ def evaluate_all(
     out = ranking_metrics(
         recs,
         truth,
-        k,
+        [k, *ranking_ks],
         relevance_threshold=relevance_threshold,
         col_rank=col_rank,
         col_score=col_score,

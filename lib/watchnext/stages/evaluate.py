@@ -39,7 +39,7 @@ from watchnext.constants import (
     TABLE_ITEMS,
 )
 from watchnext.evaluation import protocol
-from watchnext.evaluation.metrics import evaluate_all, ranking_metrics, rmse_mae
+from watchnext.evaluation.metrics import evaluate_all, rmse_mae
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.topk import topk_from_item_scores
 
@@ -83,12 +83,11 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     try:
         for model, recs in lists.items():
             recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
-            for k in ks:
-                if k == ev.k:
-                    values = evaluate_all(recs, test, k, train=train, n_items=n_items, item_features=items)
-                else:
-                    values = ranking_metrics(recs, test, k)
-                rows += [(model, *_split_name(name), v) for name, v in values.items()]
+            # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K
+            values = evaluate_all(
+                recs, test, ev.k, train=train, n_items=n_items, item_features=items, ranking_ks=ks
+            )
+            rows += [(model, *_split_name(name), v) for name, v in values.items()]
             recs.unpersist()
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
             rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]

@@ -50,6 +50,7 @@ STAGE_TIMEOUTS = {
     "ncf": dt.timedelta(hours=4),
     "recommend": dt.timedelta(hours=2),
     "evaluate": dt.timedelta(hours=1),
+    "report": dt.timedelta(minutes=30),
 }
 
 DOC_MD = """
@@ -68,6 +69,7 @@ resolve_config
                                     -> ncf -------------+
                                     -> ncf_disabled ----+-> recommend (none_failed_min_one_success)
                                                               -> evaluate
+                                                                   -> report
 ```
 
 - **resolve_config** builds the stage arguments from the params and checks the resolved config in
@@ -103,7 +105,7 @@ def dataset_overrides(dataset: str) -> list[str]:
 
 with DAG(
     dag_id=DAG_ID,
-    description="Daily watchnext batch: ingest, ALS, clusters, similarities, NCF, recommend, evaluate",
+    description="The daily watchnext batch, ingest to report: one spark-submit per stage",
     doc_md=DOC_MD,
     schedule="0 3 * * *",
     start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
@@ -190,6 +192,8 @@ with DAG(
     ncf_disabled = EmptyOperator(task_id="ncf_disabled", doc_md="`ncf.enabled` is false: no NCF scores")
     recommend = stage("recommend", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     evaluate = stage("evaluate")
+    report = stage("report")
 
     resolved >> ingest >> [als, clusters] >> similarities
     similarities >> ncf_enabled(resolved["ncf_enabled"]) >> [ncf, ncf_disabled] >> recommend >> evaluate
+    evaluate >> report

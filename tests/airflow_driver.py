@@ -8,7 +8,7 @@ folder, and reads the one JSON document it prints on its last line:
   tasks (operator, trigger rule, retries, timeout, upstream / downstream task ids).
 - ``test DAG_ID RUNS_JSON``: ``airflow db migrate`` (sqlite), then one real ``dag.test()`` run per
   spec in the JSON list (``logical_date``, ``conf``, ``mark_success_pattern``); per run its state,
-  duration, every task instance's state and the XComs.
+  duration, every task instance's state and duration (seconds) and the XComs.
 """
 
 from __future__ import annotations
@@ -86,9 +86,18 @@ def run_tests(dag_folder: str, dag_id: str, runs: list[dict[str, Any]]) -> list[
         with settings.Session() as session:
             xcoms = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dag_id)).all()
             values = {f"{x.task_id}.{x.key}": XComModel.deserialize_value(x) for x in xcoms}
-            tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances(session=session)}
+            tis = dr.get_task_instances(session=session)
+            states = {ti.task_id: str(ti.state) for ti in tis}
+            durations = {ti.task_id: ti.duration for ti in tis if ti.duration is not None}
         results.append(
-            {"state": str(dr.state), "run_id": dr.run_id, "seconds": seconds, "tasks": tis, "xcom": values}
+            {
+                "state": str(dr.state),
+                "run_id": dr.run_id,
+                "seconds": seconds,
+                "tasks": states,
+                "task_seconds": durations,
+                "xcom": values,
+            }
         )
     return results
 

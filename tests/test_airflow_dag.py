@@ -1,33 +1,30 @@
 """The Airflow DAG (airflow_dags/watchnext_daily.py), for real, through Airflow's own environment.
 
 Airflow lives in ``.venv-airflow`` (``make setup``; protobuf 7 cannot share the job environment), so each
-test runs tests/airflow_driver.py with that interpreter, ``AIRFLOW_HOME`` in a temporary folder (sqlite
-metadata database) and the ``spark_default`` connection set to ``local[2]`` from the environment;
-``spark-submit`` is the job environment's. The full run's Delta tables and MLflow runs are then read
-back here with the test session's Spark and MLflow.
+test runs tests/airflow_driver.py with that interpreter (``conftest.airflow``). The full run is the
+session's ``conftest.whole_run`` (the report and fault tests start from it too); its Delta tables and
+MLflow runs are read back here with the test session's Spark and MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
-from conftest import RUN_DATE, local_overrides
+from conftest import DAG_ID, E2E_TIMEOUT, ROOT, RUN_DATE, WholeRun, airflow, local_overrides
 from watchnext import tables
-from watchnext.config import load_config
 from watchnext.constants import (
     TABLE_BECAUSE_YOU_WATCHED,
     TABLE_CLUSTERS,
+    TABLE_EVAL_RECS,
     TABLE_EVALUATION,
     TABLE_GENRE_ROWS,
     TABLE_INTERACTIONS,
@@ -35,6 +32,7 @@ from watchnext.constants import (
     TABLE_ITEM_FACTORS,
     TABLE_ITEM_SIMILARITIES,
     TABLE_ITEMS,
+    TABLE_NCF_SCORES,
     TABLE_RECOMMENDATIONS,
     TABLE_RECOMMENDATIONS_LATEST,
     TABLE_USER_FACTORS,
@@ -44,11 +42,7 @@ from watchnext.constants import (
 
 pytestmark = [pytest.mark.airflow]
 
-ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
-DRIVER = Path(__file__).with_name("airflow_driver.py")
-DAG_ID = "watchnext_daily"
-SPARK_STAGES = ["ingest", "als", "clusters", "similarities", "ncf", "recommend", "evaluate"]
+SPARK_STAGES = ["ingest", "als", "clusters", "similarities", "ncf", "recommend", "evaluate", "report"]
 # The graph as README.md ("### Airflow") draws it.
 EDGES = {
     ("resolve_config", "ingest"),
@@ -62,13 +56,16 @@ EDGES = {
     ("ncf", "recommend"),
     ("ncf_disabled", "recommend"),
     ("recommend", "evaluate"),
+    ("evaluate", "report"),
 }
 N = 10
-# Small and quick: untuned ALS and blend, NCF off (the branch skips it).
+# The branch test's config (its Spark stages are marked successful, nothing runs); the full run is
+# conftest.whole_run (conftest.WHOLE_RUN).
 OVERRIDES = [
-    "als.tuning.enabled=false",
-    "als.rank=8",
-    "als.max_iter=6",
+    "als.tuning.method=random",
+    "als.tuning.n_trials=2",
+    "als.tuning.space.rank={low: 4, high: 12, log: true}",
+    "als.tuning.space.max_iter={low: 4, high: 6}",
     "clusters.k=4",
     "clusters.n_init=2",
     "similarity.k=10",
@@ -80,37 +77,9 @@ OVERRIDES = [
     "recommend.genre_row_length=5",
     "recommend.because_k=5",
     "evaluation.ks=[10]",
-    "spark.shuffle_partitions=4",
+    "spark.shuffle_partitions=2",
 ]
 MARK_STAGES_SUCCESS = "^(" + "|".join(SPARK_STAGES) + ")$"
-
-
-def _airflow(tmp_path: Path, *args: str, timeout: int = 300) -> Any:
-    """Run the driver in the Airflow environment; its last stdout line is the JSON result."""
-    if not AIRFLOW_PYTHON.exists():
-        pytest.fail(f"{AIRFLOW_PYTHON} is missing: run `make setup` (it builds the Airflow environment)")
-    home = tmp_path / "airflow_home"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "VIRTUAL_ENV", "PYTHONPATH"))},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        # spark-submit and the job interpreter are the job environment's.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "WATCHNEXT_HOME": str(ROOT),
-        "WATCHNEXT_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-    log, result = tmp_path / "airflow-driver.log", tmp_path / "airflow-driver.out"
-    with log.open("w") as err, result.open("w") as out:  # files, so a long run can be followed
-        proc = subprocess.run(
-            [str(AIRFLOW_PYTHON), str(DRIVER), args[0], str(ROOT / "airflow_dags"), *args[1:]],
-            cwd=tmp_path, env=env, stdout=out, stderr=err, text=True, timeout=timeout,
-        )  # fmt: skip
-    tail = (log.read_text() + result.read_text())[-6000:]
-    assert proc.returncode == 0, f"airflow driver failed ({proc.returncode}); log {log}:\n{tail}"
-    return json.loads(result.read_text().strip().splitlines()[-1])
 
 
 def _run_conf(tmp_path: Path, *extra: str) -> dict[str, Any]:
@@ -118,7 +87,7 @@ def _run_conf(tmp_path: Path, *extra: str) -> dict[str, Any]:
 
 
 def test_dagbag_loads_and_the_graph_is_the_documented_one(tmp_path: Path) -> None:
-    bag = _airflow(tmp_path, "dagbag")
+    bag = airflow(tmp_path, "dagbag")
     assert bag["import_errors"] == {}
     assert bag["heavy_modules_loaded"] == []  # the DAG file only wires tasks
     dag = bag["dags"][DAG_ID]
@@ -156,7 +125,7 @@ def test_branch_follows_the_resolved_config_and_bad_config_fails_first(tmp_path:
         {"logical_date": "2024-06-03", "conf": _run_conf(tmp_path, "ncf.enabeld=false"),
          "mark_success_pattern": MARK_STAGES_SUCCESS},
     ]  # fmt: skip
-    enabled, disabled, bad = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=600)
+    enabled, disabled, bad = airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=600)
 
     assert enabled["state"] == "success", enabled
     assert enabled["tasks"]["ncf"] == "success" and enabled["tasks"]["ncf_disabled"] == "skipped"
@@ -178,49 +147,75 @@ def test_branch_follows_the_resolved_config_and_bad_config_fails_first(tmp_path:
 @pytest.mark.spark
 @pytest.mark.delta
 @pytest.mark.mlflow
-@pytest.mark.timeout(3000)  # seven spark-submits; a busy 2-core machine needs more than the default
-# Held back from collection (issue 7): written, never yet seen passing end to end on a quiet machine.
-# Rename to test_* to run it: .venv/bin/pytest tests/test_airflow_dag.py
-def pending_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, tmp_path: Path) -> None:
-    runs = [{"logical_date": RUN_DATE.isoformat(), "conf": _run_conf(tmp_path, "ncf.enabled=false")}]
-    (result,) = _airflow(tmp_path, "test", DAG_ID, json.dumps(runs), timeout=2900)
-    print(f"dag.test(): {result['seconds']:.0f} s")
+@pytest.mark.horovod
+@pytest.mark.timeout(E2E_TIMEOUT)  # eight spark-submits
+def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, whole_run: WholeRun) -> None:
+    """Every task for real (NCF enabled: the branch's ``ncf`` path), then the outputs read back."""
+    result, cfg = whole_run.dag_run, whole_run.cfg
+    expected = {t: "success" for t in [*SPARK_STAGES, "resolve_config", "ncf_enabled"]}
+    assert result["tasks"] == {**expected, "ncf_disabled": "skipped"}, result
     assert result["state"] == "success", result
-    expected = {t: "success" for t in [*SPARK_STAGES, "resolve_config", "ncf_enabled", "ncf_disabled"]}
-    expected["ncf"] = "skipped"
-    assert result["tasks"] == expected
+    assert list(cfg.pipeline.stages) == SPARK_STAGES  # the DAG runs what `watchnext run` runs
 
-    cfg = load_config(env="local", overrides=[*local_overrides(tmp_path), *OVERRIDES])
+    def read(table: str) -> DataFrame:
+        return tables.read(spark, cfg.table_path(table))
+
     for table in (
         TABLE_INTERACTIONS, TABLE_ITEMS, TABLE_USER_FACTORS, TABLE_ITEM_FACTORS, TABLE_ITEM_CLUSTERS,
-        TABLE_CLUSTERS, TABLE_ITEM_SIMILARITIES, TABLE_USER_NEIGHBORS, TABLE_RECOMMENDATIONS,
-        TABLE_GENRE_ROWS, TABLE_BECAUSE_YOU_WATCHED, TABLE_EVALUATION,
+        TABLE_CLUSTERS, TABLE_ITEM_SIMILARITIES, TABLE_USER_NEIGHBORS, TABLE_NCF_SCORES,
+        TABLE_RECOMMENDATIONS, TABLE_GENRE_ROWS, TABLE_BECAUSE_YOU_WATCHED, TABLE_EVAL_RECS, TABLE_EVALUATION,
     ):  # fmt: skip
-        dates = tables.read(spark, cfg.table_path(table)).select("run_date").distinct().collect()
+        dates = read(table).select("run_date").distinct().collect()
         assert [r.run_date for r in dates] == [RUN_DATE], table  # {{ ds }} became the run date
-    recs = tables.read_run_date(spark, cfg.table_path(TABLE_RECOMMENDATIONS), RUN_DATE)
-    users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select("user_id")
-    per_user = recs.groupBy("user_id").agg(F.countDistinct("item_id").alias("n"))
-    assert per_user.filter(f"n != {N}").count() == 0
-    assert per_user.select("user_id").exceptAll(users).count() == 0
-    assert users.exceptAll(per_user.select("user_id")).count() == 0
-    latest = tables.read(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
-    assert latest.count() == recs.count()
-    evaluation = tables.read(spark, cfg.table_path(TABLE_EVALUATION))
-    models = {r.model for r in evaluation.select("model").distinct().collect()}
-    assert {"als", "blend", "popularity"} <= models
 
-    # One standalone MLflow run per Spark stage that ran (ncf was skipped), all finished, run date tagged.
+    # Exactly N distinct items for every known user; the serving copy is the same rows.
+    recs = read(TABLE_RECOMMENDATIONS)
+    users = read(TABLE_USER_INDEX).select("user_id")
+    per_user = recs.groupBy("user_id").agg(
+        F.count("*").alias("rows"), F.countDistinct("item_id").alias("items")
+    )
+    assertDataFrameEqual(
+        per_user,
+        users.select("user_id", F.lit(N).cast("long").alias("rows"), F.lit(N).cast("long").alias("items")),
+    )
+    assertDataFrameEqual(read(TABLE_RECOMMENDATIONS_LATEST), recs)
+    # NCF ran in its own spark-submit and the blend took its scores: every user scored, some items from it.
+    scored_users = read(TABLE_NCF_SCORES).select("user_idx").distinct()
+    assertDataFrameEqual(scored_users, read(TABLE_INTERACTIONS).select("user_idx").distinct())
+    assert not recs.where(F.array_contains("sources", "ncf")).isEmpty()
+    evaluation = read(TABLE_EVALUATION)
+    models = {r.model for r in evaluation.select("model").distinct().collect()}
+    assert models == {"popularity", "trending", "als", "item_knn", "content_knn", "user_knn", "ncf", "blend"}
+    report = whole_run.tmp / "reports" / f"report-{RUN_DATE.isoformat()}.html"
+    assert report.is_file() and "blend" in report.read_text()
+
+    # One standalone MLflow run per Spark stage, all finished, tagged with the DAG run and task.
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    runs_ = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
-    top = [r for r in runs_ if "mlflow.parentRunId" not in r.data.tags]
-    ran = sorted(s for s in SPARK_STAGES if s != "ncf")
-    assert sorted(r.data.tags["watchnext.stage"] for r in top) == ran
-    for r in top:  # each stage's run names its DAG run and task (watchnext.tracking.AIRFLOW_TAGS)
+    all_runs = client.search_runs([exp.experiment_id])
+    assert {r.info.status for r in all_runs} == {"FINISHED"}
+    top = {r.data.tags["watchnext.stage"]: r for r in all_runs}
+    assert sorted(top) == sorted(SPARK_STAGES) and len(top) == len(all_runs)  # no nested run: tuners off
+    for stage, r in top.items():  # each names its DAG run and task (watchnext.tracking.AIRFLOW_TAGS)
         tags = r.data.tags
         assert tags["watchnext.run_date"] == RUN_DATE.isoformat()
         assert (tags["airflow.dag_id"], tags["airflow.dag_run_id"]) == (DAG_ID, result["run_id"])
-        assert tags["airflow.task_id"] == tags["watchnext.stage"] and tags["airflow.try_number"] == "1"
-    assert recs.select("run_id").distinct().first()[0] in {r.info.run_id for r in runs_}
-    assert client.get_model_version_by_alias(cfg.als.registered_model, cfg.als.model_alias) is not None
+        assert (tags["airflow.task_id"], tags["airflow.try_number"]) == (stage, "1")
+    assert {r.run_id for r in recs.select("run_id").distinct().collect()} == {top["recommend"].info.run_id}
+    ncf_runs = read(TABLE_NCF_SCORES).select("run_id").distinct().collect()
+    assert {r.run_id for r in ncf_runs} == {top["ncf"].info.run_id}
+
+    # The registered ALS model is the one whose factors were published, and it loads back from the registry.
+    version = client.get_model_version_by_alias(cfg.als.registered_model, cfg.als.model_alias)
+    assert version.run_id == top["als"].info.run_id
+    versions = recs.select(F.col("model_versions")["als"].alias("v")).distinct().collect()
+    assert [r.v for r in versions] == [str(version.version)]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    try:
+        model = mlflow.spark.load_model(f"models:/{cfg.als.registered_model}@{cfg.als.model_alias}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    als_model = model.stages[-1] if hasattr(model, "stages") else model
+    factors = read(TABLE_USER_FACTORS).select(F.col("user_idx").alias("id"), "features")
+    assertDataFrameEqual(als_model.userFactors, factors, rtol=1e-6)

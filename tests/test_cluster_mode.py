@@ -37,6 +37,7 @@ from conftest import E2E_TIMEOUT, RUN_DATE, local_overrides, run_process_group
 from watchnext import pipeline, tables
 from watchnext.config import Config, load_config
 from watchnext.constants import (
+    TABLE_EVAL_RECS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_FACTORS,
     TABLE_ITEM_INDEX,
@@ -339,29 +340,28 @@ def test_pipeline_jobs_on_a_standalone_cluster(
             rtol=1e-3,
         )
 
-    # Similarities: co-occurrence (Jaccard) neighbours are exact, so the same rows as in local mode;
-    # the ALS source follows the factors, so only its shape is checked.
-    pipeline.run_stage(
-        spark,
-        local_cfg.with_overrides("mlflow.enabled=false", "similarity.sources=[cooccurrence]"),
-        RUN_DATE,
-        "similarities",
-    )
+    # Similarities from the same inputs: with the cluster's factors written over the local ones, every
+    # source (ALS cosine, co-occurrence), the user neighbours and the kNN lists must come out the same.
+    for table in (TABLE_USER_FACTORS, TABLE_ITEM_FACTORS):
+        tables.overwrite_run_date(
+            read(cluster_cfg, table), local_cfg.table_path(table), RUN_DATE, "cluster's"
+        )
+    pipeline.run_stage(spark, local_cfg.with_overrides("mlflow.enabled=false"), RUN_DATE, "similarities")
 
     def lineage_free(cfg: Config, table: str):
         return read(cfg, table).drop("run_date", "run_id")
 
-    sims = lineage_free(cluster_cfg, TABLE_ITEM_SIMILARITIES)
-    cooc = "source = 'cooccurrence'"
-    local_sims = lineage_free(local_cfg, TABLE_ITEM_SIMILARITIES)
-    assertDataFrameEqual(sims.filter(cooc), local_sims.filter(cooc), atol=1e-9)
-    neighbours = [lineage_free(cfg, TABLE_USER_NEIGHBORS) for cfg in (cluster_cfg, local_cfg)]
-    assertDataFrameEqual(*neighbours, atol=1e-9)
-    als_sims = sims.filter("source = 'als'")
-    assert als_sims.count() > 0 and sims.filter("item_id = neighbor_id").count() == 0
-    per_item = als_sims.groupBy("item_id").agg(F.count("*").alias("n"), F.max("rank").alias("r"))
-    assert per_item.filter("n > 10 or r != n").count() == 0
-    assert summaries["similarities"]["mlflow_run_id"]
+    for table in (TABLE_ITEM_SIMILARITIES, TABLE_USER_NEIGHBORS):
+        assertDataFrameEqual(lineage_free(cluster_cfg, table), lineage_free(local_cfg, table), atol=1e-6)
+    knn = "model IN ('item_knn', 'user_knn')"
+    cluster_knn, local_knn = (
+        lineage_free(cfg, TABLE_EVAL_RECS).where(knn) for cfg in (cluster_cfg, local_cfg)
+    )
+    assertDataFrameEqual(cluster_knn, local_knn, atol=1e-6)
+    sources = {
+        r.source for r in read(cluster_cfg, TABLE_ITEM_SIMILARITIES).select("source").distinct().collect()
+    }
+    assert sources == {"als", "cooccurrence"}
 
     # MLflow: one finished run per stage, tagged with the stage and the run date, in the driver's store.
     client = mlflow.MlflowClient(tracking_uri=cluster_cfg.mlflow.tracking_uri)

@@ -1,7 +1,8 @@
-"""The run report: a real pipeline run (ingest -> als -> clusters -> similarities -> recommend ->
-evaluate -> report) on planted-cluster synthetic data, its page rendered in headless Chromium (Debian's
-chromium + chromedriver, driven by selenium) and checked against the tables it reports on; plus the
-report's aggregates on a hand-made example and the page of a run date with no tables."""
+"""The run report: the session's whole pipeline run (``conftest.whole_run``: every stage of
+``pipeline.stages``, NCF and the report included) on planted-cluster synthetic data, its page
+rendered in headless Chromium (Debian's chromium + chromedriver, driven by selenium) and checked
+against the tables it reports on; plus the report's aggregates on a hand-made example and the page of
+a run date with no tables."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from conftest import RUN_DATE, local_overrides
+from conftest import E2E_TIMEOUT, RUN_DATE, WholeRun
 from watchnext import pipeline, tables
 from watchnext.cli import build_parser
-from watchnext.config import Config, load_config
+from watchnext.config import Config
 from watchnext.constants import TABLE_CLUSTERS, TABLE_EVALUATION, TABLE_RECOMMENDATIONS
 from watchnext.report import data as D
 from watchnext.stages.report import ARTIFACT
@@ -30,40 +31,10 @@ from watchnext.stages.report import ARTIFACT
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow]
 
 N = 10
-STAGES = ["ingest", "als", "clusters", "similarities", "recommend", "evaluate", "report"]
 SECTIONS = ["overview", "metrics", "curves", "bias", "clusters", "samples", "stages"]
 # the cell texts of the rows matching a selector
 ROWS = "return [...document.querySelectorAll(arguments[0])].map(tr => [...tr.cells].map(c => c.innerText))"
 PLOTS = ["plot-curves", "plot-bias", "plot-exposure", "plot-clusters", "plot-timings"]
-
-
-@pytest.fixture(scope="module")
-def run(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Config, dict[str, Any]]]:
-    """One pipeline run for RUN_DATE, ending with the report stage (as `watchnext run` does)."""
-    tmp: Path = tmp_path_factory.mktemp("report")
-    cfg = load_config(env="local", overrides=local_overrides(tmp)).with_overrides(
-        f"report.out_dir={tmp / 'reports'}",
-        "report.sample_users=3",
-        "als.tuning.enabled=false",
-        "als.rank=8",
-        "als.max_iter=5",
-        "clusters.k=4",
-        "clusters.n_init=1",
-        "clusters.max_iter=10",
-        "similarity.sources=[cooccurrence]",
-        "similarity.k=10",
-        "similarity.user_k=20",
-        f"recommend.n={N}",
-        "recommend.candidates=30",
-        "recommend.sources=[als, item, user, cluster, popular]",
-        "recommend.tuning.enabled=false",
-        "recommend.genre_rows=2",
-        "recommend.genre_row_length=5",
-        "recommend.because_k=5",
-    )
-    yield cfg, pipeline.run_pipeline(spark, cfg, RUN_DATE, STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -112,24 +83,30 @@ def _colours(png: bytes) -> tuple[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.browser
-# The module's pipeline run is this test's setup: ~930 CPU-seconds, 49 min of wall time on a 2-core
-# machine at load average 25 (other jobs).
-@pytest.mark.timeout(3600)
+@pytest.mark.horovod
+# The session's whole pipeline run may be this test's setup (conftest.whole_run).
+@pytest.mark.timeout(E2E_TIMEOUT)
 def test_report_page_shows_the_run(
-    spark: SparkSession, run: tuple[Config, dict[str, Any]], browser: Any, tmp_path: Path
+    spark: SparkSession, whole_run: WholeRun, browser: Any, tmp_path: Path
 ) -> None:
-    cfg, results = run
-    summary = results["report"]
-    path = Path(summary["path"])
+    cfg = whole_run.cfg
+    stages = list(cfg.pipeline.stages)
+    assert stages[-1] == "report" and "ncf" in stages
+    path = Path(cfg.report.out_dir) / f"report-{RUN_DATE}.html"
     page = path.read_text(encoding="utf-8")
-    assert path.name == f"report-{RUN_DATE}.html" and summary["missing"] == {}
 
-    # the same page is the report run's MLflow artifact, nested in the pipeline run
+    # each stage's MLflow run (the DAG's tasks); the page is the report run's artifact
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    report_run = client.get_run(summary["mlflow_run_id"])
-    assert report_run.data.tags["watchnext.stage"] == "report"
-    assert report_run.data.tags["mlflow.parentRunId"] == results["pipeline"]["mlflow_run_id"]
-    artifact = Path(client.download_artifacts(summary["mlflow_run_id"], ARTIFACT, str(tmp_path)))
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = {
+        r.data.tags["watchnext.stage"]: r
+        for r in client.search_runs([exp.experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    }
+    assert sorted(runs) == sorted(stages)
+    report_run = runs["report"]
+    assert report_run.data.tags["airflow.task_id"] == "report"
+    artifact = Path(client.download_artifacts(report_run.info.run_id, ARTIFACT, str(tmp_path)))
     assert artifact.read_text(encoding="utf-8") == page
 
     # self-contained: no script, nothing loaded but embedded PNGs
@@ -168,7 +145,8 @@ def test_report_page_shows_the_run(
             if r.value == r.value:  # NaN shows as an empty cell
                 expected.setdefault(r.model, {})[r.metric] = f"{r.value:.4f}"
     models = {r.model for r in ev.select("model").distinct().collect()}
-    assert set(shown) == models >= {"popularity", "trending", "als", "blend", "item_knn", "user_knn"}
+    baselines = {"popularity", "trending"}
+    assert set(shown) == models == {*baselines, "als", "item_knn", "content_knn", "user_knn", "ncf", "blend"}
     for model, cells in shown.items():
         assert {m: v for m, v in cells.items() if v} == expected.get(model, {}), model
     order = js("return [...document.querySelectorAll('#metrics-table tbody tr')].map(tr => tr.dataset.model)")
@@ -194,16 +172,15 @@ def test_report_page_shows_the_run(
         assert items == [[r.title, r.reason] for r in rows] and len(items) == N
 
     # stages: every stage's MLflow run, linked, with its wall time
-    stages = js(
+    shown_stages = js(
         "return [...document.querySelectorAll('#stages-table tbody tr')].map(tr => [tr.dataset.stage,"
         " tr.querySelector('a').getAttribute('href'), tr.cells[2].innerText, tr.cells[4].innerText])"
     )
-    assert [s[0] for s in stages] == [*STAGES[:-1], "pipeline"]
-    for stage, href, status, seconds in stages:
-        run_id = results[stage]["mlflow_run_id"]
-        assert href.endswith(f"/runs/{run_id}") and href.startswith("http://127.0.0.1:5000/#/experiments/")
-        assert status == ("RUNNING" if stage == "pipeline" else "FINISHED")
-        assert stage == "pipeline" or float(seconds) > 0
+    assert [s[0] for s in shown_stages] == stages[:-1]  # a DAG run has no parent `pipeline` run
+    for stage, href, status, seconds in shown_stages:
+        run_id = runs[stage].info.run_id
+        assert href == f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run_id}"
+        assert status == "FINISHED" and float(seconds) > 0
 
     # what a person sees: a full-page screenshot with colourful plots, not a blank page
     height = js("return document.documentElement.scrollHeight")

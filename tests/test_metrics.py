@@ -9,7 +9,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from watchnext.constants import COL_GENRES, COL_ITEM_IDX, COL_RANK, COL_RATING, COL_SCORE, COL_USER_IDX
@@ -169,12 +169,19 @@ def random_lists() -> RandomLists:
     return lists, relevant, score_rows
 
 
+def _random_frames(spark: SparkSession, random_lists: RandomLists) -> tuple[DataFrame, DataFrame]:
+    """The scored lists and the truth of ``random_lists`` as Spark frames."""
+    _, relevant, score_rows = random_lists
+    recs = spark.createDataFrame(score_rows, SCORE_RECS)
+    truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
+    return recs, truth
+
+
 def test_ranking_metrics_match_reference_on_random_data(
     spark: SparkSession, random_lists: RandomLists
 ) -> None:
-    lists, relevant, score_rows = random_lists
-    recs = spark.createDataFrame(score_rows, SCORE_RECS)
-    truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
+    lists, relevant, _ = random_lists
+    recs, truth = _random_frames(spark, random_lists)
     for k in (1, 10):
         expected = _reference_ranking(lists, relevant, k)
         assert 0.1 < expected[f"hit_rate_at_{k}"] < 0.9  # the data has hits and misses
@@ -184,9 +191,8 @@ def test_ranking_metrics_match_reference_on_random_data(
 def test_several_cut_offs_in_one_pass_match_the_reference_at_each(
     spark: SparkSession, random_lists: RandomLists
 ) -> None:
-    lists, relevant, score_rows = random_lists
-    recs = spark.createDataFrame(score_rows, SCORE_RECS)
-    truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
+    lists, relevant, _ = random_lists
+    recs, truth = _random_frames(spark, random_lists)
     ks = [12, 1, 5, 3]  # any order; one over some lists' length
     expected: dict[str, float] = {}
     for k in sorted(ks):
@@ -333,9 +339,7 @@ def test_beyond_accuracy_match_reference_on_random_data(
 
 
 def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: RandomLists) -> None:
-    lists, relevant, score_rows = random_lists
-    recs = spark.createDataFrame(score_rows, SCORE_RECS)
-    truth = spark.createDataFrame([(u, i) for u, rel in relevant.items() for i in sorted(rel)], PAIRS)
+    recs, truth = _random_frames(spark, random_lists)
     train = spark.createDataFrame([(u, i) for u in range(60) for i in range(0, 200, 1 + u % 5)], PAIRS)
     features = spark.createDataFrame([(i, [str(i % 3)]) for i in range(200)], GENRES)
     out = evaluate_all(recs, truth, 10, train=train, n_items=200, item_features=features, ranking_ks=[5, 20])

@@ -104,6 +104,30 @@ def test_same_seed_same_assignments(synthetic, k6: ClusterResult) -> None:
     assert again.silhouette == pytest.approx(k6.silhouette)
 
 
+def test_cluster_ids_do_not_depend_on_the_kmeans_numbering(spark: SparkSession, synthetic, k6) -> None:
+    """Other seeds and another partitioning of the fit (k-means|| samples per partition) find the same
+    partition under other centre numbers; the written ids are the same: size descending, then lowest
+    item index."""
+    features = synthetic[2]
+    fits = [fit_clusters(features, ClustersConfig(k=6, seed=2))]
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "3")
+    try:  # (with seed 1 this partitioning ends in another optimum: two planted clusters merged)
+        fits.append(fit_clusters(features, ClustersConfig(k=6, seed=11)))
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+    raw_differs = False
+    for fit in fits:
+        assertDataFrameEqual(fit.assignments, k6.assignments)
+        both = fit.model.transform(features).select("_cl_prediction", COL_CLUSTER).distinct().collect()
+        raw_differs |= any(r[0] != r[1] for r in both)
+    assert raw_differs, "every fit numbered its centres canonically: the test shows nothing"
+    pdf = k6.assignments.toPandas().groupby(COL_CLUSTER)[COL_ITEM_IDX].agg(["size", "min"])
+    assert list(pdf.index) == list(range(6))
+    rows = list(pdf.itertuples(index=False))
+    assert rows == sorted(rows, key=lambda r: (-r[0], r[1]))
+
+
 def test_labels_name_the_planted_lead_genre(synthetic, k6: ClusterResult) -> None:
     data, items, _ = synthetic
     labels = label_clusters(k6.assignments, items, n_genres=2, n_tags=1).toPandas()

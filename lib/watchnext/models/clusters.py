@@ -18,8 +18,11 @@ lowest cost.
 Items whose feature vector is all zeros (no content) are not given to k-means: they have no cosine
 with anything and would drag centroids towards the origin. If there are any, they form their own
 cluster ``"Uncategorised"`` with id ``k`` (the model's clusters are ``0 .. k-1``); if there are none,
-that id is unused. Cluster ids are the model's indices, deterministic for a seed: the input is put in
-a fixed partitioning and order (by item index) before fitting.
+that id is unused. Cluster ids do not depend on k-means' own numbering of its centres (which follows
+the order its random starts happen to pick them, and changed between two runs of the same data): the
+clusters are numbered by size, largest first, ties by their lowest item index, so a re-run that finds
+the same partition of the items writes the same ids. The returned model is k-means followed by that
+renumbering (a ``SQLTransformer``), so it labels new items with the same ids.
 
 **Labels** (:func:`label_clusters`): for cluster ``c`` and genre ``g``, ``support = n_cg / n_c`` (the
 share of the cluster's items carrying ``g``) and ``lift = support / (n_g / N)`` (over the share of all
@@ -52,8 +55,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -95,7 +100,7 @@ ClusterModel = KMeansModel | BisectingKMeansModel
 class ClusterResult:
     """The chosen clustering of the items."""
 
-    model: ClusterModel  # writes col_cluster in 0..k-1 for non-zero feature vectors (not for zero ones)
+    model: PipelineModel  # k-means + renumbering: col_cluster in 0..k-1 for non-zero feature vectors
     k: int  # clusters of the model; id k is the Uncategorised cluster when n_uncategorised > 0
     silhouette: dict[int, float]  # every k fitted -> its silhouette (cosine distance)
     assignments: DataFrame  # col_item, col_item_idx, cluster_id int
@@ -143,6 +148,27 @@ def _candidate_ks(params: ClustersConfig, n_distinct: int) -> list[int]:
     return ks
 
 
+def _renumbering(
+    model: ClusterModel, points: DataFrame, col_item_idx: str, col_cluster: str
+) -> SQLTransformer:
+    """A stage mapping the model's prediction (column ``_PRED``) to the canonical id in ``col_cluster``:
+    clusters by size descending, ties by lowest item index (module docstring). One small aggregation."""
+    stats = (
+        model.transform(points)
+        .groupBy(_PRED)
+        .agg(F.count(F.lit(1)).alias("n"), F.min(col_item_idx).alias("first"))
+        .collect()
+    )
+    order = sorted(stats, key=lambda r: (-r["n"], r["first"]))
+    new_id = {int(r[_PRED]): i for i, r in enumerate(order)}
+    # A centre that no point is closest to (possible after the last iteration) keeps the ids after them.
+    for c in range(len(model.clusterCenters())):
+        new_id.setdefault(c, len(new_id))
+    ids = ", ".join(str(new_id[c]) for c in range(len(new_id)))
+    new = f"CAST(element_at(array({ids}), CAST({_PRED} AS INT) + 1) AS INT)"
+    return SQLTransformer(statement=f"SELECT *, {new} AS {col_cluster} FROM __THIS__")
+
+
 def fit_clusters(
     features: DataFrame,
     params: ClustersConfig,
@@ -177,7 +203,7 @@ def fit_clusters(
     n_zero, n_distinct = int(stats["zero"]), int(stats["distinct"])
     ks = _candidate_ks(params, n_distinct)
 
-    # A fixed partitioning and order make k-means|| sampling, hence the ids, depend only on the seed.
+    # A fixed partitioning and order make k-means|| sampling depend only on the seed.
     n_parts = int(features.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
     nonzero = (
         flagged.where("_nz")
@@ -202,18 +228,18 @@ def fit_clusters(
                 "clusters: %s k=%d cost %.4f (starts: %s) silhouette %.4f",
                 params.algorithm, k, min(costs), ", ".join(f"{c:.4f}" for c in costs), silhouette[k],
             )  # fmt: skip
+        best = max(ks, key=lambda k: (silhouette[k], -k))
+        k_model = len(models[best].clusterCenters())  # bisecting k-means may leave fewer leaves than asked
+        renumber = _renumbering(models[best], nonzero, col_item_idx, col_cluster)
     finally:
         nonzero.unpersist()
-    best = max(ks, key=lambda k: (silhouette[k], -k))
-    # The returned model writes col_cluster (int), so it can follow the content model in a pipeline.
-    model = models[best].setPredictionCol(col_cluster)
-    k_model = len(model.clusterCenters())  # bisecting k-means may leave fewer leaves than asked
     log.info(
         "clusters: chose k=%d (%d clusters, silhouette %.4f); %d items without content -> cluster %d",
         best, k_model, silhouette[best], n_zero, k_model,
     )  # fmt: skip
-
-    assigned = model.transform(nonzero).select(col_item, col_item_idx, F.col(col_cluster).cast("int"))
+    # The returned model writes col_cluster (int), so it can follow the content model in a pipeline.
+    model = PipelineModel(stages=[models[best], renumber])
+    assigned = model.transform(nonzero).select(col_item, col_item_idx, col_cluster)
     zero = flagged.where(~F.col("_nz")).select(
         col_item, col_item_idx, F.lit(k_model).cast("int").alias(col_cluster)
     )

@@ -30,6 +30,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from watchnext.aggregates import exact_mean, exact_sum
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_GENRES,
@@ -138,9 +139,9 @@ def ranking_metrics(
     for kk in ks:
         within = F.col(col_rank) <= kk
         sums += [
-            F.sum(F.when(within, 1.0).otherwise(0.0)).alias(f"_hits{kk}"),
-            F.sum(F.when(within, 1.0 / F.log2(rank + 1.0)).otherwise(0.0)).alias(f"_dcg{kk}"),
-            F.sum(F.when(within, F.col("_cum") / rank).otherwise(0.0)).alias(f"_ap{kk}"),
+            F.sum(F.when(within, 1).otherwise(0)).cast("double").alias(f"_hits{kk}"),
+            exact_sum(F.when(within, 1.0 / F.log2(rank + 1.0)).otherwise(0.0)).alias(f"_dcg{kk}"),
+            exact_sum(F.when(within, F.col("_cum") / rank).otherwise(0.0)).alias(f"_ap{kk}"),
         ]
     per_user_hits = (
         hits.withColumn("_cum", cum_hits).groupBy(col_user).agg(*sums, F.min(rank).alias("_first"))
@@ -165,7 +166,7 @@ def ranking_metrics(
             f"hit_rate_at_{kk}": (hits_k > 0).cast("double"),
         }
     row = per_user.agg(
-        F.count(F.lit(1)).alias("_users"), *[F.avg(expr).alias(name) for name, expr in names.items()]
+        F.count(F.lit(1)).alias("_users"), *[exact_mean(expr).alias(name) for name, expr in names.items()]
     ).first()
     if not row["_users"]:
         raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
@@ -205,7 +206,7 @@ def novelty(
         recs.select(col_item)
         .join(pop, col_item, "left")
         .crossJoin(n_users)
-        .agg(F.avg(info).alias("novelty"), F.count(F.when(F.col("_u").isNull(), 1)).alias("unknown"))
+        .agg(exact_mean(info).alias("novelty"), F.count(F.when(F.col("_u").isNull(), 1)).alias("unknown"))
         .first()
     )
     if row["unknown"]:
@@ -247,8 +248,8 @@ def intra_list_diversity(
         dissim = F.when(union == 0, F.lit(1.0)).otherwise(1.0 - inter.cast("double") / union)
     else:
         dissim = (F.col("_fa") != F.col("_fb")).cast("double")
-    per_user = pairs.groupBy("_u").agg(F.avg(dissim).alias("_ild"))
-    return _float(per_user.agg(F.avg("_ild").alias("ild")).first()["ild"])
+    per_user = pairs.groupBy("_u").agg(exact_mean(dissim).alias("_ild"))
+    return _float(per_user.agg(exact_mean("_ild").alias("ild")).first()["ild"])
 
 
 def popularity_bias(
@@ -299,8 +300,8 @@ def popularity_bias(
         .withColumn("_term", x * c * (2.0 * a + c - n))
         .withColumn("_m", m)
         .agg(
-            F.sum("_term").alias("num"),
-            F.sum(x * c).alias("total"),
+            exact_sum("_term").alias("num"),
+            exact_sum(x * c).alias("total"),
             F.first("_n").alias("n"),
             F.first("_m").alias("m"),
         )
@@ -327,7 +328,7 @@ def popularity_bias(
     tail = (
         recs.select(col_item)
         .join(head, col_item, "left")
-        .agg(F.avg(F.when(F.col("_head").isNull(), 1.0).otherwise(0.0)).alias("share"))
+        .agg(exact_mean(F.when(F.col("_head").isNull(), 1.0).otherwise(0.0)).alias("share"))
     )
     return {"exposure_gini": gini, "long_tail_share": _float(tail.first()["share"])}
 
@@ -356,8 +357,8 @@ def rmse_mae(
     usable = F.col("_p").isNotNull() & ~F.isnan("_p")
     err = F.when(usable, F.col("_p") - F.col("_r"))
     row = joined.agg(
-        F.sqrt(F.avg(err * err)).alias("rmse"),
-        F.avg(F.abs(err)).alias("mae"),
+        F.sqrt(exact_mean(err * err)).alias("rmse"),
+        exact_mean(F.abs(err)).alias("mae"),
         F.count(err).alias("n"),
         F.count(F.lit(1)).alias("total"),
     ).first()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from watchnext.aggregates import exact_mean, exact_sum
 from watchnext.checks import require_columns, timestamp_literal
 from watchnext.constants import (
     COL_ITEM_IDX,
@@ -122,7 +123,7 @@ def fit_biases(
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     r = train.select(col_user, col_item, F.col(col_rating).cast("double").alias("_r"))
-    mu_row = r.agg(F.avg("_r").alias("mu"), F.count(F.lit(1)).alias("n")).first()
+    mu_row = r.agg(exact_mean("_r").alias("mu"), F.count(F.lit(1)).alias("n")).first()
     if not mu_row["n"]:
         raise ValueError("train is empty; the bias model is undefined")
     mu = float(mu_row["mu"])
@@ -131,7 +132,7 @@ def fit_biases(
     def sweep(frame: DataFrame, key: str, other: str, reg: float) -> DataFrame:
         resid = F.col("_r") - F.lit(mu) - F.coalesce(F.col(other), F.lit(0.0))
         bias = frame.groupBy(key).agg(
-            (F.sum(resid) / (F.lit(float(reg)) + F.count(F.lit(1)))).alias(COL_BIAS)
+            (exact_sum(resid) / (F.lit(float(reg)) + F.count(F.lit(1)))).alias(COL_BIAS)
         )
         return bias.checkpoint() if reliable else bias.localCheckpoint()
 

@@ -43,6 +43,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from watchnext.aggregates import exact_sum
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_CLUSTER,
@@ -129,7 +130,7 @@ def item_candidates(
         .join(nb, COL_ANCHOR_IDX)
         .groupBy(COL_USER_IDX, F.col(COL_NEIGHBOR_IDX).alias(COL_ITEM_IDX))
         .agg(
-            F.sum("_sim").alias(COL_SCORE),
+            exact_sum("_sim").alias(COL_SCORE),
             F.max_by(COL_ANCHOR_IDX, F.struct(F.col("_sim"), -F.col(COL_ANCHOR_IDX))).alias(COL_ANCHOR_IDX),
         )
         .join(seen, [COL_USER_IDX, COL_ITEM_IDX], "left_anti")

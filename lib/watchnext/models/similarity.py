@@ -45,6 +45,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from watchnext.aggregates import exact_sum
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_FEATURES,
@@ -483,7 +484,7 @@ def item_based_scores(
     votes = (
         pairs.join(neighbors.select(col_item, col_neighbor, COL_SCORE), col_item)
         .groupBy(col_user, F.col(col_neighbor).alias(col_item))
-        .agg(F.sum(COL_SCORE).alias(COL_SCORE))
+        .agg(exact_sum(COL_SCORE).alias(COL_SCORE))
     )
     return _top_per_user(votes.join(pairs, [col_user, col_item], "left_anti"), k, col_user, col_item)
 
@@ -503,12 +504,12 @@ def user_based_scores(
     require_columns(user_neighbors, [col_user, col_neighbor, COL_SCORE], "user_neighbors")
     require_columns(interactions, [col_user, col_item], "interactions")
     pairs = interactions.select(col_user, col_item).distinct()
-    norm = user_neighbors.groupBy(col_user).agg(F.sum(F.abs(COL_SCORE)).alias("_norm"))
+    norm = user_neighbors.groupBy(col_user).agg(exact_sum(F.abs(COL_SCORE)).alias("_norm"))
     votes = (
         user_neighbors.select(col_user, col_neighbor, COL_SCORE)
         .join(pairs.withColumnRenamed(col_user, col_neighbor), col_neighbor)
         .groupBy(col_user, col_item)
-        .agg(F.sum(COL_SCORE).alias("_votes"))
+        .agg(exact_sum(COL_SCORE).alias("_votes"))
         .join(norm, col_user)
         .select(col_user, col_item, (F.col("_votes") / F.col("_norm")).alias(COL_SCORE))
     )

@@ -12,8 +12,8 @@ from watchnext.aggregates import exact_mean, exact_sum
 
 pytestmark = [pytest.mark.spark]
 
-# Plain double addition of these depends on the order: 1e16 + 1.0 rounds back to 1e16.
-VALUES = [1e16, 1.0, 1.0, -1e16, 0.1, 0.2, 0.3, -0.6, 2.5]
+# Plain double addition of these depends on the order: 1e14 + 0.1 keeps only 1/64ths of the 0.1.
+VALUES = [1e14, 0.1, 0.7, -1e14, 0.2, 0.3, -0.6, 2.5, 1e-3]
 
 
 def test_exact_sum_does_not_depend_on_the_order(spark: SparkSession) -> None:
@@ -45,3 +45,12 @@ def test_nulls_are_left_out_like_sum_and_avg(spark: SparkSession) -> None:
         .collect()
     }
     assert got == {0: (3.5, 1.75, 3.5, 1.75), 1: (None, None, None, None)}
+
+
+def test_nan_infinity_and_huge_values_sum_like_spark(spark: SparkSession) -> None:
+    inf = float("inf")
+    rows = [(0, 1.0), (0, float("nan")), (1, 1.0), (1, inf), (2, -inf), (2, 2.0), (3, 1e300), (3, 1.0)]
+    df = spark.createDataFrame(rows, "g int, x double")
+    got = df.groupBy("g").agg(exact_sum("x").alias("s"), exact_mean("x").alias("m")).orderBy("g").collect()
+    assert math.isnan(got[0]["s"]) and math.isnan(got[0]["m"])
+    assert [(r["s"], r["m"]) for r in got[1:]] == [(inf, inf), (-inf, -inf), (1e300, 5e299)]

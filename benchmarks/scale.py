@@ -75,6 +75,7 @@ class Sampler(threading.Thread):
         self.peak = {"jvm": 0, "driver_python": 0, "python_workers": 0, "total": 0}
         self.max_workers = 0
         self.samples = 0
+        self.cpu: dict[int, float] = {}  # pid -> user + system CPU seconds at its last sample
 
     def sample(self) -> None:
         try:
@@ -87,8 +88,10 @@ class Sampler(threading.Thread):
             try:
                 rss = p.memory_info().rss
                 name = p.name()
+                t = p.cpu_times()
             except psutil.Error:
                 continue
+            self.cpu[p.pid] = t.user + t.system
             if p.pid == self.root.pid:
                 now["driver_python"] += rss
             elif name == "java":
@@ -140,7 +143,8 @@ def stage_cmd(stage: str, size: dict[str, int], work: Path, extra: list[str]) ->
 
 
 def _children_cpu() -> float:
-    """User + system CPU seconds of every reaped descendant (the stage process, its JVM, its workers)."""
+    """User + system CPU seconds of every reaped descendant: the stage process, and what it waited for
+    (the JVM and Python workers that outlive their parent are not counted here, hence the sampler's)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -170,8 +174,10 @@ def run_stage(cmd: list[str], log: Path, interval: float, deadline: float | None
     rc = proc.returncode
     status = "stopped at the deadline" if killed else ("ok" if rc == 0 else f"failed (exit {rc})")
     gib = {f"peak_{k}_gib": round(v / 2**30, 2) for k, v in sampler.peak.items()}
-    # CPU-seconds (the process tree's, once reaped) move less than wall time when others load the machine.
-    cpu = round(_children_cpu() - cpu0, 1)
+    # CPU-seconds of the process tree move less than wall time when others load the machine: the sum
+    # over every process seen of its CPU time at its last sample (short of at most one interval each),
+    # or the reaped descendants' rusage where that is more.
+    cpu = round(max(sum(sampler.cpu.values()), _children_cpu() - cpu0), 1)
     return {
         "status": status,
         "wall_s": round(wall, 1),

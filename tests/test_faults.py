@@ -443,8 +443,10 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
     re-running a killed one completes it. Input 1's content comes from a run of the same job on a copy
     that was not killed; its write phase is the window the kills are spread over."""
 
+    inputs = {k: _ingest_input(tmp_path / f"in{k}", k) for k in (0, 1)}  # written once
+
     def overrides(folder: Path, k: int) -> list[str]:
-        return [*local_overrides(folder), *WHOLE_RUN[:3], *_ingest_input(tmp_path / f"in{k}", k)]
+        return [*local_overrides(folder), *WHOLE_RUN[:3], *inputs[k]]
 
     def paths(folder: Path) -> dict[str, str]:
         c = load_config(env="local", overrides=overrides(folder, 1))
@@ -461,12 +463,13 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
     logs = tmp_path / "ingest-jobs.log"
     ref = copy_of_base(tmp_path / "ref")
     cmd = job_command("ingest", overrides(ref, 1), RUN_DATE)
-    clean = run_job(cmd, [Path(p) for p in paths(ref).values()], logs, None, 900)
+    base_paths, ref_paths = paths(base), paths(ref)
+    clean = run_job(cmd, [Path(p) for p in ref_paths.values()], logs, None, 900)
     assert clean.rc == 0 and clean.write_span, _tail(logs)
     contents = {
         t: {
-            "previous": current(spark, paths(base)[t]).localCheckpoint(),
-            "new": current(spark, paths(ref)[t]).localCheckpoint(),
+            "previous": current(spark, base_paths[t]).localCheckpoint(),
+            "new": current(spark, ref_paths[t]).localCheckpoint(),
         }
         for t in INGEST_TABLES
     }
@@ -505,11 +508,12 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
     ]
     folder = max(unfinished, key=lambda x: x[0])[1]
     pipeline.run_stage(spark, load_config(env="local", overrides=overrides(folder, 1)), RUN_DATE, "ingest")
-    for t, path in paths(folder).items():
+    final = paths(folder)
+    for t, path in final.items():
         assertDataFrameEqual(current(spark, path), contents[t]["new"], **EXACT)
     # the index was only ever extended: every id once, dense indices 0..n-1
     for t, col in ((TABLE_USER_INDEX, "user"), (TABLE_ITEM_INDEX, "item")):
-        index = tables.read(spark, paths(folder)[t])
+        index = tables.read(spark, final[t])
         n = index.count()
         assert index.select(f"{col}_id").distinct().count() == n
         assert tuple(index.agg(F.min(f"{col}_idx"), F.max(f"{col}_idx")).first()) == (0, n - 1)

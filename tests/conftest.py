@@ -53,6 +53,11 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp}",
             # Small Delta commits in tests: skip the per-commit stats collection overhead we don't read.
             "spark.databricks.delta.snapshotPartitions": "2",
+            # Memory pages sized for test data. Spark's default (heap x 0.6 / cores / 16, to a power of
+            # 2: 64 MiB here) gives every small aggregate, sort and cached block its own 64 MiB page: the
+            # heap after GC at the end of an in-process recommend stage was 1.1-1.6 GiB with it and
+            # 0.36 GiB with 2 MiB pages, and a CI run ran out of heap broadcasting a small table.
+            "spark.buffer.pageSize": "2m",
         },
     )
     session = build_session(cfg, checkpoint_dir=str(tmp / "checkpoints"))

@@ -212,6 +212,89 @@ def test_user_based_scores_match_pandas(spark: SparkSession) -> None:
     assertDataFrameEqual(user_based_scores(un, inter, 5), expected, rtol=1e-12)
 
 
+def _reference_votes(
+    weights: pd.DataFrame, matrix: pd.DataFrame, exclude: pd.DataFrame, k: int, normalize: bool
+) -> pd.DataFrame:
+    """The kNN vote in pandas: a join of (user, key, w) with (key, item, value), exact sums (Fractions
+    of the float inputs), excluded pairs dropped, top k by (score desc, item asc)."""
+    j = weights.merge(matrix, on="key")
+    j["vote"] = [Fraction(w) * Fraction(v) for w, v in zip(j.w, j.value, strict=True)]
+    votes = j.groupby(["user_idx", "item_idx"]).vote.sum().reset_index()
+    if normalize:
+        norm = weights.groupby("user_idx").w.apply(lambda x: sum(Fraction(abs(y)) for y in x))
+        votes["vote"] = [v / norm[u] for u, v in zip(votes.user_idx, votes.vote, strict=True)]
+    votes = votes.merge(exclude.assign(_x=1), on=["user_idx", "item_idx"], how="left")
+    votes = votes[votes._x.isna() & (votes.vote != 0)].copy()
+    votes["neg"] = [-v for v in votes.vote]
+    votes = votes.sort_values(["user_idx", "neg", "item_idx"])
+    votes["rank"] = votes.groupby("user_idx").cumcount() + 1
+    votes = votes[votes["rank"] <= k]
+    return pd.DataFrame(
+        {
+            "user_idx": votes.user_idx.astype("int32"),
+            "item_idx": votes.item_idx.astype("int32"),
+            "score": [float(v) for v in votes.vote],
+            "rank": votes["rank"].astype("int32"),
+        }
+    )
+
+
+def test_knn_scores_match_an_exact_reference_on_random_data(spark: SparkSession) -> None:
+    """Many users in several Arrow batches, ties (weights in steps of 1/8), repeated interactions, users
+    without interactions or neighbours without any, neighbour lists longer than k."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, k = 300, 60, 7
+    inter = pd.DataFrame(
+        {"user_idx": rng.integers(0, n_users, 4000), "item_idx": rng.integers(0, n_items, 4000)}
+    ).astype("int32")
+    inter = inter[inter.user_idx % 17 != 3]  # users without interactions
+    seen = inter.drop_duplicates()
+    un = pd.DataFrame(
+        {"user_idx": rng.integers(0, n_users, 3000), "neighbor_idx": rng.integers(0, n_users, 3000)}
+    ).drop_duplicates()
+    un = un[un.user_idx != un.neighbor_idx].astype("int32")
+    un["score"] = rng.integers(1, 9, len(un)) / 8.0
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+    try:
+        got_u = user_based_scores(
+            spark.createDataFrame(un), spark.createDataFrame(inter.sample(frac=1.0, random_state=1)), k
+        ).toPandas()
+        nb = pd.DataFrame(
+            {"item_idx": rng.integers(0, n_items, 500), "neighbor_idx": rng.integers(0, n_items, 500)}
+        ).drop_duplicates()
+        nb = nb[nb.item_idx != nb.neighbor_idx].astype("int32")
+        nb["score"] = rng.integers(1, 5, len(nb)) / 4.0
+        got_i = item_based_scores(spark.createDataFrame(nb), spark.createDataFrame(inter), k).toPandas()
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    want_u = _reference_votes(
+        un.rename(columns={"neighbor_idx": "key", "score": "w"}),
+        seen.rename(columns={"user_idx": "key"}).assign(value=1.0),
+        seen,
+        k,
+        normalize=True,
+    )
+    want_i = _reference_votes(
+        seen.rename(columns={"item_idx": "key"}).assign(w=1.0),
+        nb.rename(columns={"item_idx": "key", "neighbor_idx": "item_idx", "score": "value"}),
+        seen,
+        k,
+        normalize=False,
+    )
+    for got, want in ((got_u, want_u), (got_i, want_i)):
+        assert len(want) > 1000 and (want.groupby("user_idx").size() == k).mean() > 0.5
+        got = got.sort_values(["user_idx", "rank"]).reset_index(drop=True)
+        want = want.sort_values(["user_idx", "rank"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=0)
+
+
+def test_knn_scores_reject_a_duplicated_neighbour(spark: SparkSession) -> None:
+    nb = spark.createDataFrame([(1, 2, 0.5), (1, 2, 0.25)], "item_idx int, neighbor_idx int, score double")
+    seen = spark.createDataFrame([(10, 1)], "user_idx int, item_idx int")
+    with pytest.raises(ValueError, match="duplicate"):
+        item_based_scores(nb, seen, 5)
+
+
 def test_user_neighbors_from_cooccurrence(spark: SparkSession) -> None:
     m = _incidence(seed=9, n_users=20, n_items=30, p=0.3)
     inter = spark.createDataFrame(

@@ -301,9 +301,9 @@ def test_whole_pipeline_rerun_for_the_same_date_is_identical(spark: SparkSession
     assert set(names) == set(built.versions)
     assert {
         "interactions", "items", "rejects", "user_index", "item_index", "user_factors", "item_factors",
-        "eval_recommendations", "evaluation", "item_features", "item_clusters", "clusters",
-        "user_cluster_affinity", "item_similarities", "user_neighbors", "ncf_scores", "recommendations",
-        "recommendations_latest", "genre_rows", "because_you_watched",
+        "eval_recommendations", "eval_factors", "eval_neighbors", "evaluation", "item_features",
+        "item_clusters", "clusters", "user_cluster_affinity", "item_similarities", "user_neighbors",
+        "ncf_scores", "recommendations", "recommendations_latest", "genre_rows", "because_you_watched",
     } <= set(names)  # fmt: skip
     now = versions(spark, cfg, names)
     # each table rewritten, except the index (no new ids) and what is empty both times (Delta skips

@@ -259,8 +259,22 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
 ) -> None:
     cfg = built.with_overrides("recommend.tuning.enabled=false")
     _copy_upstream(spark, cfg, OTHER_DATE)
-    pipeline.run_stage(spark, cfg, OTHER_DATE, "recommend")
-    pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    fitted = pipeline.run_stage(spark, cfg, OTHER_DATE, "recommend")
+    stored = pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    # The offline blend read the train-split models the als and similarities stages stored for RUN_DATE,
+    # and fitted them for OTHER_DATE (nothing stored for it): the same lists either way.
+    models = ["als", "item_cooccurrence", "user_cooccurrence"]
+    assert stored["offline_models"] == dict.fromkeys(models, "stored")
+    assert fitted["offline_models"] == dict.fromkeys(models, "fitted")
+
+    def blend(d: dt.date) -> DataFrame:
+        return (
+            _read(spark, cfg, TABLE_EVAL_RECS, d)
+            .where("model = 'blend'")
+            .select("user_idx", "item_idx", "score", "rank")
+        )
+
+    assertDataFrameEqual(blend(RUN_DATE), blend(OTHER_DATE))
     path = cfg.table_path(TABLE_RECOMMENDATIONS)
     other = _read(spark, cfg, TABLE_RECOMMENDATIONS, OTHER_DATE).drop("run_id").localCheckpoint()
     first = _read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id").localCheckpoint()

@@ -44,6 +44,11 @@ TABLE_USER_FACTORS = "user_factors"
 TABLE_ITEM_FACTORS = "item_factors"
 TABLE_EVAL_RECS = "eval_recommendations"  # each model's top-K on the evaluation protocol's train split
 TABLE_EVAL_PREDICTIONS = "eval_predictions"  # explicit rating predictions for the test pairs
+# The train-split models behind eval_recommendations, kept so the recommend stage's offline blend reads
+# them instead of fitting them again: ALS factors (model "als") and co-occurrence neighbours
+# (models "item_cooccurrence", "user_cooccurrence").
+TABLE_EVAL_FACTORS = "eval_factors"
+TABLE_EVAL_NEIGHBORS = "eval_neighbors"
 TABLE_EVALUATION = "evaluation"
 TABLE_ITEM_FEATURES = "item_features"  # content feature vectors
 TABLE_ITEM_CLUSTERS = "item_clusters"

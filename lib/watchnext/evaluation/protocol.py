@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from watchnext import tables
 from watchnext.config import Config, EvaluationConfig
 from watchnext.constants import (
+    COL_FEATURES,
     COL_ITEM_IDX,
     COL_MODEL,
+    COL_NEIGHBOR_IDX,
     COL_PREDICTION,
     COL_RANK,
     COL_RATING,
     COL_RUN_DATE,
     COL_SCORE,
     COL_USER_IDX,
+    TABLE_EVAL_FACTORS,
+    TABLE_EVAL_NEIGHBORS,
     TABLE_EVAL_PREDICTIONS,
     TABLE_EVAL_RECS,
 )
@@ -103,6 +107,81 @@ def write_predictions(preds: DataFrame, cfg: Config, model: str, run_date: dt.da
     tables.overwrite_partition(
         out, cfg.table_path(TABLE_EVAL_PREDICTIONS), {COL_RUN_DATE: run_date, COL_MODEL: model}, model
     )
+
+
+# The train-split models themselves. ``eval_factors``: (side "user" | "item", idx, features);
+# ``eval_neighbors``: (idx, neighbor_idx, score, rank); both partitioned by (run_date, model), so a
+# stage re-run replaces its own model only.
+_SIDE, _IDX = "side", "idx"
+EVAL_ALS, EVAL_ITEM_COOCCURRENCE, EVAL_USER_COOCCURRENCE = "als", "item_cooccurrence", "user_cooccurrence"
+
+
+def write_factors(
+    users: DataFrame, items: DataFrame, cfg: Config, model: str, run_date: dt.date, run_id: str
+) -> None:
+    """Store the train-split factors ``(user_idx | item_idx, features)`` of ``model``."""
+    out = users.select(F.lit("user").alias(_SIDE), F.col(COL_USER_IDX).alias(_IDX), COL_FEATURES).unionByName(
+        items.select(F.lit("item").alias(_SIDE), F.col(COL_ITEM_IDX).alias(_IDX), COL_FEATURES)
+    )
+    _write_model(out, cfg, TABLE_EVAL_FACTORS, model, run_date, run_id)
+
+
+def read_factors(
+    spark: SparkSession, cfg: Config, model: str, run_date: dt.date
+) -> tuple[DataFrame, DataFrame] | None:
+    """``model``'s train-split ``(user factors, item factors)`` for ``run_date``; None if not stored."""
+    df = _read_model(spark, cfg, TABLE_EVAL_FACTORS, model, run_date)
+    if df is None:
+        return None
+    side = F.col(_SIDE)
+    return (
+        df.where(side == "user").select(F.col(_IDX).alias(COL_USER_IDX), COL_FEATURES),
+        df.where(side == "item").select(F.col(_IDX).alias(COL_ITEM_IDX), COL_FEATURES),
+    )
+
+
+def write_neighbors(
+    nb: DataFrame, col_id: str, cfg: Config, model: str, run_date: dt.date, run_id: str
+) -> DataFrame:
+    """Store train-split neighbours ``(col_id, neighbor_idx, score, rank)`` as ``model``; returns the
+    stored rows (read back: a caller scoring them does not compute them twice)."""
+    out = nb.select(F.col(col_id).alias(_IDX), COL_NEIGHBOR_IDX, COL_SCORE, COL_RANK)
+    _write_model(out, cfg, TABLE_EVAL_NEIGHBORS, model, run_date, run_id)
+    stored = _model_rows(nb.sparkSession, cfg, TABLE_EVAL_NEIGHBORS, model, run_date)
+    return stored.select(F.col(_IDX).alias(col_id), COL_NEIGHBOR_IDX, COL_SCORE, COL_RANK)
+
+
+def read_neighbors(
+    spark: SparkSession, cfg: Config, model: str, run_date: dt.date, col_id: str
+) -> DataFrame | None:
+    """``model``'s train-split neighbours for ``run_date`` as ``(col_id, neighbor_idx, score, rank)``;
+    None if not stored."""
+    df = _read_model(spark, cfg, TABLE_EVAL_NEIGHBORS, model, run_date)
+    return None if df is None else df.select(F.col(_IDX).alias(col_id), COL_NEIGHBOR_IDX, COL_SCORE, COL_RANK)
+
+
+def _write_model(out: DataFrame, cfg: Config, table: str, model: str, run_date: dt.date, run_id: str) -> None:
+    out = out.select(
+        "*", F.lit(run_id).alias("run_id"), F.lit(run_date).alias(COL_RUN_DATE), F.lit(model).alias(COL_MODEL)
+    )
+    tables.overwrite_partition(
+        out, cfg.table_path(table), {COL_RUN_DATE: run_date, COL_MODEL: model}, f"{model} {run_id}"
+    )
+
+
+def _model_rows(spark: SparkSession, cfg: Config, table: str, model: str, run_date: dt.date) -> DataFrame:
+    return tables.read_run_date(spark, cfg.table_path(table), run_date).where(F.col(COL_MODEL) == model)
+
+
+def _read_model(
+    spark: SparkSession, cfg: Config, table: str, model: str, run_date: dt.date
+) -> DataFrame | None:
+    """The stored rows, or None when there are none (never stored; an empty model is fitted again, to
+    the same empty result)."""
+    if not tables.exists(spark, cfg.table_path(table)):
+        return None
+    df = _model_rows(spark, cfg, table, model, run_date)
+    return None if df.isEmpty() else df
 
 
 def protocol_frame(interactions: DataFrame) -> DataFrame:

@@ -2,7 +2,8 @@
 
 ``score(u, i) = p_u . q_i``. The item factors are collected to the driver once (as Arrow) and
 broadcast as one dense ``(d, n_items)`` matrix, sorted by item id: items are few compared with users,
-and this is the one place the project pulls an item-sized table to the driver on purpose. Users stay in
+and this is one of the two places the project collects a model to the driver on purpose (the other:
+the kNN scorers' neighbour / interaction matrix, ``models/similarity.py``). Users stay in
 Spark: their factors, joined with their seen-item lists (``groupBy(user).agg(collect_list(item))``;
 no join at all when there is nothing to exclude), stream through ``mapInArrow``. Each Arrow batch is
 read without per-row Python objects: the factor matrix is the list column's flat values reshaped, and

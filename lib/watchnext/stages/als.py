@@ -3,7 +3,8 @@
 1. Split the run date's interactions with the evaluation protocol (identical in every stage).
 2. Tune rank / regParam / alpha / iterations on a validation split carved from train (grid, random or
    Optuna TPE; each trial a nested MLflow run), refit the best on all of train.
-3. Write that model's top-K for the test users to ``eval_recommendations`` (model ``als``); for
+3. Write that model's top-K for the test users to ``eval_recommendations`` (model ``als``) and its
+   factors to ``eval_factors`` (read by the recommend stage's offline blend); for
    explicit ratings also fit the biased model (mu + b_u + b_i + p_u.q_i) and the bias-only baseline
    and write their test-pair predictions to ``eval_predictions``.
 4. Refit the best configuration on all interactions, log it with ``mlflow.spark``, register it and
@@ -79,6 +80,8 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         k = max(cfg.evaluation.ks + [cfg.evaluation.k])
         recs = recommend(model, test.select(COL_USER_IDX), k, seen=train.select(COL_USER_IDX, COL_ITEM_IDX))
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
+        # the train-split factors too: the recommend stage's offline blend reads them, not a refit
+        protocol.write_factors(*factor_frames(model), cfg, protocol.EVAL_ALS, run_date, run_id)
 
         if not params.implicit_prefs:
             summary["rating_prediction"] = _explicit_predictions(cfg, run_date, run_id, train, test, params)

@@ -5,9 +5,10 @@
    cluster affinity, popularity, trending), pool their candidates for a sample of validation users on
    the driver and tune the blend weights by NDCG@K of the capped list with Optuna
    (``models/blend.py``). Weights and the search are logged to MLflow.
-2. **Offline score.** The same sources fitted on the whole train split, blended with those weights, give
+2. **Offline score.** The same sources on the whole train split, blended with those weights, give
    the ``blend`` lists in ``eval_recommendations``: the evaluate stage scores the published recipe
-   next to every single source.
+   next to every single source. The train-split models the als and similarities stages stored
+   (``eval_factors``, ``eval_neighbors``) are read, not fitted again; a missing one is fitted.
 3. **Publish.** The sources as published by the earlier stages for the run date (``user_factors`` /
    ``item_factors``, ``item_similarities``, ``user_neighbors``, ``user_cluster_affinity``, and
    ``ncf_scores`` when the NCF stage ran) give every known user (``user_index``) exactly
@@ -131,6 +132,7 @@ class Sources:
     ncf: DataFrame | None = None  # (user_idx, item_idx, score) candidate pairs scored by NCF
     item_clusters: DataFrame | None = None  # (item_idx, cluster_id)
     cached: list[DataFrame] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)  # model -> "stored" (read) | "fitted"
 
     def cache(self, df: DataFrame) -> DataFrame:
         """Persist ``df`` until :meth:`release`: frames that several candidate branches read (popularity,
@@ -180,11 +182,13 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         # 2. the blend on the protocol's train split, scored by the evaluate stage
         ts = time.perf_counter()
         k = max(cfg.evaluation.ks + [cfg.evaluation.k])
-        offline = _fit_sources(cfg, train, item_clusters, als_params)
+        offline = _fit_sources(cfg, train, item_clusters, als_params, stored=(spark, run_date))
         sources.append(offline)
         recs = _recommend(cfg, offline, test.select(COL_USER_IDX), item_clusters, weights, k)
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
         offline.release()
+        summary["offline_models"] = dict(offline.origin)
+        log.info("offline blend: train-split models %s", offline.origin)
         summary["offline_seconds"] = round(time.perf_counter() - ts, 2)
 
         # 3. publish
@@ -246,9 +250,25 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- the sources
-def _fit_sources(cfg: Config, history: DataFrame, item_clusters: DataFrame, params: AlsParams) -> Sources:
-    """Every configured source fitted on ``history`` alone (offline levels: no test leakage)."""
+def _fit_sources(
+    cfg: Config,
+    history: DataFrame,
+    item_clusters: DataFrame,
+    params: AlsParams,
+    stored: tuple[SparkSession, dt.date] | None = None,
+) -> Sources:
+    """Every configured source fitted on ``history`` alone (offline levels: no test leakage).
+
+    ``stored``: ``history`` is the protocol's train split of that run date, and the train-split models
+    the als and similarities stages stored (``eval_factors``, ``eval_neighbors``) are read, not fitted
+    again (at 5M interactions the user neighbours alone took minutes); a model not stored is fitted."""
     rc, sim = cfg.recommend, cfg.similarity
+
+    def read_neighbors(model: str, col_id: str) -> DataFrame | None:
+        nb = protocol.read_neighbors(stored[0], cfg, model, stored[1], col_id) if stored else None
+        src.origin[model] = "fitted" if nb is None else "stored"
+        return None if nb is None else nb.select(col_id, COL_NEIGHBOR_IDX, COL_SCORE)
+
     src = Sources(
         history=history.select(COL_USER_IDX, COL_ITEM_IDX, COL_TIMESTAMP),
         popularity=popularity_scores(history),
@@ -260,8 +280,11 @@ def _fit_sources(cfg: Config, history: DataFrame, item_clusters: DataFrame, para
         "item" in rc.sources and rc.item_source == "als" or "user" in rc.sources and sim.user_source == "als"
     )
     if need_factors:
-        users, items = factor_frames(fit_als(history, params, num_blocks=cfg.als.num_blocks))
-        src.user_factors, src.item_factors = src.cache(users), src.cache(items)
+        factors = protocol.read_factors(stored[0], cfg, protocol.EVAL_ALS, stored[1]) if stored else None
+        src.origin[protocol.EVAL_ALS] = "fitted" if factors is None else "stored"
+        if factors is None:
+            factors = factor_frames(fit_als(history, params, num_blocks=cfg.als.num_blocks))
+        src.user_factors, src.item_factors = (src.cache(f) for f in factors)
     warm = (
         history.groupBy(COL_ITEM_IDX)
         .agg(F.count(F.lit(1)).alias("_n"))
@@ -270,13 +293,15 @@ def _fit_sources(cfg: Config, history: DataFrame, item_clusters: DataFrame, para
     )
     if "item" in rc.sources:
         if rc.item_source == "cooccurrence":
-            src.item_neighbors = item_neighbors_from_cooccurrence(
-                history.join(warm, COL_ITEM_IDX, "left_semi"),
-                sim.k,
-                measure=sim.cooccurrence_measure,
-                min_overlap=sim.min_cooccurrence,
-                block_size=sim.block_size,
-            )
+            src.item_neighbors = read_neighbors(protocol.EVAL_ITEM_COOCCURRENCE, COL_ITEM_IDX)
+            if src.item_neighbors is None:
+                src.item_neighbors = item_neighbors_from_cooccurrence(
+                    history.join(warm, COL_ITEM_IDX, "left_semi"),
+                    sim.k,
+                    measure=sim.cooccurrence_measure,
+                    min_overlap=sim.min_cooccurrence,
+                    block_size=sim.block_size,
+                )
         elif rc.item_source == "als":
             assert src.item_factors is not None
             src.item_neighbors = item_neighbors_from_factors(
@@ -291,9 +316,11 @@ def _fit_sources(cfg: Config, history: DataFrame, item_clusters: DataFrame, para
                 src.user_factors, sim.user_k, block_size=sim.block_size
             )
         else:
-            src.user_neighbors = user_neighbors_from_cooccurrence(
-                history, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
-            )
+            src.user_neighbors = read_neighbors(protocol.EVAL_USER_COOCCURRENCE, COL_USER_IDX)
+            if src.user_neighbors is None:
+                src.user_neighbors = user_neighbors_from_cooccurrence(
+                    history, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
+                )
     if "cluster" in rc.sources:
         src.affinity = user_cluster_affinity(
             history.select(COL_USER, COL_USER_IDX, COL_ITEM),

@@ -18,7 +18,8 @@ Tables (each replaces exactly its run date in one Delta commit):
 
 Offline, on the protocol's train split, the stage also writes the item-kNN (co-occurrence), content-kNN
 and user-kNN top-K lists to ``eval_recommendations`` so the evaluate stage scores them beside ALS and
-the baselines.
+the baselines, and stores the train-split co-occurrence neighbours in ``eval_neighbors`` (models
+``item_cooccurrence``, ``user_cooccurrence``) for the recommend stage's offline blend.
 """
 
 from __future__ import annotations
@@ -230,6 +231,10 @@ def _offline_lists(
                 min_overlap=sim.min_cooccurrence,
                 block_size=sim.block_size,
             )
+            # stored for the recommend stage's offline blend, and scored from the stored table
+            nb = protocol.write_neighbors(
+                nb, COL_ITEM_IDX, cfg, protocol.EVAL_ITEM_COOCCURRENCE, run_date, run_id
+            )
             recs = item_based_scores(nb, seen.join(users, COL_USER_IDX, "left_semi"), k)
             protocol.write_recommendations(recs, cfg, "item_knn", run_date, run_id)
             written.append("item_knn")
@@ -244,8 +249,11 @@ def _offline_lists(
         if sim.user_source == "cooccurrence":
             un = user_neighbors_from_cooccurrence(
                 train, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
-            ).join(users, COL_USER_IDX, "left_semi")
-            recs = user_based_scores(un, seen, k)
+            )
+            un = protocol.write_neighbors(
+                un, COL_USER_IDX, cfg, protocol.EVAL_USER_COOCCURRENCE, run_date, run_id
+            )
+            recs = user_based_scores(un.join(users, COL_USER_IDX, "left_semi"), seen, k)
             protocol.write_recommendations(recs, cfg, "user_knn", run_date, run_id)
             written.append("user_knn")
         else:

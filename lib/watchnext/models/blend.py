@@ -250,7 +250,14 @@ def pool(
         f = F.when(hi > lo, (F.col(COL_SCORE) - lo) / (hi - lo)).otherwise(F.lit(1.0))
     else:
         raise ValueError(f"normalization must be 'rank' or 'minmax', got {normalization!r}")
-    cand = candidates.where(F.col(COL_SOURCE).isin([*sources, BACKFILL])).withColumn("_f", f)
+    # One shuffle, by user, for the per-user work that follows: the minmax window (user, source), the
+    # (user, item) aggregate and select_top_n's windows (user, cluster) and (user) are all clustered by
+    # user, so Spark reuses this partitioning instead of shuffling the pool again for each of them.
+    cand = (
+        candidates.where(F.col(COL_SOURCE).isin([*sources, BACKFILL]))
+        .repartition(COL_USER_IDX)
+        .withColumn("_f", f)
+    )
     aggs = [F.max(F.when(F.col(COL_SOURCE) == s, F.col("_f"))).alias(feature(s)) for s in sources]
     pooled = (
         cand.groupBy(COL_USER_IDX, COL_ITEM_IDX)
@@ -268,7 +275,9 @@ def pool(
         COL_ITEM_IDX, (F.col(COL_SCORE) / F.col("_max")).cast("double").alias(COL_PRIOR)
     )
     return (
-        pooled.join(prior, COL_ITEM_IDX, "left").fillna(0.0, [COL_PRIOR]).select(*pooled.columns, COL_PRIOR)
+        pooled.join(F.broadcast(prior), COL_ITEM_IDX, "left")  # item-sized: the pool stays by user
+        .fillna(0.0, [COL_PRIOR])
+        .select(*pooled.columns, COL_PRIOR)
     )
 
 
@@ -313,7 +322,8 @@ def select_top_n(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     require_columns(scored, [COL_USER_IDX, COL_ITEM_IDX, COL_SCORE], "scored")
-    df = scored.join(item_clusters.select(COL_ITEM_IDX, COL_CLUSTER), COL_ITEM_IDX, "left")
+    # item-sized: broadcast, so a pool partitioned by user stays so for the windows below
+    df = scored.join(F.broadcast(item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)), COL_ITEM_IDX, "left")
     by_score = [F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc()]
     if max_per_cluster is not None:
         group = F.coalesce(F.col(COL_CLUSTER).cast("long"), -1 - F.col(COL_ITEM_IDX).cast("long"))

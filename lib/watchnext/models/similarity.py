@@ -54,7 +54,7 @@ from watchnext.constants import (
     COL_SCORE,
     COL_USER_IDX,
 )
-from watchnext.models.topk import top_positions
+from watchnext.models.topk import _arrow_int, top_positions
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,10 @@ def _vote_topk(
             T.StructField(COL_RANK, T.IntegerType(), False),
         ]
     )
-    np_types = {col_user: _np_int(user_type), col_item: _np_int(item_type)}
+    np_types = {
+        col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
+        col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
+    }
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from scipy import sparse
@@ -557,12 +560,8 @@ def _vote_topk(
             else:
                 upos, ok = _lookup(kid, pdf[col_user].to_numpy(np.int64))
                 own = np.flatnonzero(ok)
-                starts, ends = ptr[upos[own]], ptr[upos[own] + 1]
-                ex_r = np.repeat(own, ends - starts)
-                entries = np.arange(len(ex_r)) - np.repeat(
-                    np.cumsum(ends - starts) - (ends - starts), ends - starts
-                )
-                ex_c = mcols[np.repeat(starts, ends - starts) + entries]
+                rows_of_m = m[upos[own]].tocoo()  # each user's own row of M
+                ex_r, ex_c = own[rows_of_m.row], rows_of_m.col.astype(np.int64)
             keep = (v != 0) & ~np.isin(r * n_cols + c, ex_r * n_cols + ex_c)
             r, c, v = r[keep], c[keep], v[keep]
             if normalize:
@@ -587,13 +586,6 @@ def _vote_topk(
     return lists.mapInPandas(score, out)
 
 
-def _np_int(t: T.DataType) -> str:
-    names = {T.ByteType: "int8", T.ShortType: "int16", T.IntegerType: "int32", T.LongType: "int64"}
-    if type(t) not in names:
-        raise ValueError(f"ids must be integers, got {t.simpleString()}")
-    return names[type(t)]
-
-
 def item_based_scores(
     neighbors: DataFrame,
     seen: DataFrame,
@@ -609,10 +601,12 @@ def item_based_scores(
     require_columns(neighbors, [col_item, col_neighbor, COL_SCORE], "neighbors")
     require_columns(seen, [col_user, col_item], "seen")
     pairs = seen.select(col_user, F.col(col_item).alias(_KEY)).distinct().withColumn(_WEIGHT, F.lit(1.0))
-    matrix = neighbors.select(F.col(col_item).alias(_KEY), F.col(col_neighbor).alias(_ITEM), COL_SCORE)
+    matrix = neighbors.select(
+        F.col(col_item).alias(_KEY), F.col(col_neighbor).alias(_ITEM), F.col(COL_SCORE).alias(_VALUE)
+    )
     return _vote_topk(
         pairs,
-        matrix.withColumnRenamed(COL_SCORE, _VALUE),
+        matrix,
         k,
         col_user=col_user,
         col_item=_ITEM,

@@ -36,6 +36,16 @@ RUN_DATE = dt.date(2024, 6, 1)
 E2E_TIMEOUT = int(os.environ.get("WATCHNEXT_E2E_TIMEOUT", "2400"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for ``pytest -n N --dist loadgroup`` (make test): a module's tests stay on one worker,
+    so its module fixtures are built once, and every test that starts from the session's DAG run
+    (``whole_run``, directly or through a fixture) shares one worker, so the DAG runs once."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = "whole_run" if "whole_run" in names else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     tmp = tmp_path_factory.mktemp("spark")

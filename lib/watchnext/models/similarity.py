@@ -239,6 +239,7 @@ def blocked_topk(
     if not symmetric and _kind(candidates) != kind:
         raise ValueError("rows and candidates must be the same kind (dense or sparse)")
     np_dtype = np.dtype(dtype)
+    set_measure = measure in _SET_MEASURES
 
     _check_measure(kind, measure)
     n = max(rows.count(), 1 if symmetric else candidates.count(), 1)
@@ -275,36 +276,60 @@ def blocked_topk(
             {col_id: rid[keep], col_neighbor: nbr_ids[top[keep]], col_score: vals[keep].astype(np.float64)}
         )
 
-    def score(rec: pd.Series, left: str, right: str) -> np.ndarray:
-        """The masked similarity matrix of ``left`` rows x ``right`` columns of one pair record."""
-        l_ids = np.asarray(rec[f"{left}{_IDS}"], dtype=np.int64)
-        r_ids = np.asarray(rec[f"{right}{_IDS}"], dtype=np.int64)
+    def operands(rec: pd.Series, left: str, right: str) -> tuple[object, object]:
         n_cols = 0
         if kind == "sparse":
             n_cols = 1 + max(
                 int(np.max(rec[f"{left}{_INDICES}"], initial=-1)),
                 int(np.max(rec[f"{right}{_INDICES}"], initial=-1)),
             )
-        a = _matrix(rec, left, kind, np_dtype, n_cols)
-        b = _matrix(rec, right, kind, np_dtype, n_cols)
+        return _matrix(rec, left, kind, np_dtype, n_cols), _matrix(rec, right, kind, np_dtype, n_cols)
+
+    def set_pairs(rec: pd.Series, left: str, right: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Set measures: the ``left`` x ``right`` pairs sharing at least ``min_overlap`` members, as
+        (row positions, column positions, scores), from the product's nonzeros alone. In a block
+        pair of 2,041 x 2,041 users at 20M interactions 14% of the pairs share an item and fewer
+        share two: a dense block and its masks cost 3x the product itself."""
+        a, b = operands(rec, left, right)
+        prod = (a @ b.T).tocoo()
+        overlap = prod.data.astype(np.float64)  # exact counts
+        keep = overlap >= min_overlap
+        if exclude_self:
+            l_ids = np.asarray(rec[f"{left}{_IDS}"], dtype=np.int64)
+            r_ids = np.asarray(rec[f"{right}{_IDS}"], dtype=np.int64)
+            keep &= l_ids[prod.row] != r_ids[prod.col]
+        rows, cols, overlap = prod.row[keep], prod.col[keep], overlap[keep]
+        na = np.asarray(rec[f"{left}{_LENS}"], dtype=np.float64)[rows]
+        nb = np.asarray(rec[f"{right}{_LENS}"], dtype=np.float64)[cols]
+        # the same operations, in the same order, as a dense block would take: the same bits
+        if measure == "jaccard":
+            s = overlap / ((na + nb) - overlap)
+        else:
+            s = np.sqrt((overlap * overlap) / (na * nb))
+        if positive_only:
+            rows, cols, s = rows[s > 0], cols[s > 0], s[s > 0]
+        return rows.astype(np.int64), cols.astype(np.int64), s
+
+    def emit_pairs(
+        ids: np.ndarray, nbr_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ) -> pd.DataFrame:
+        """The top ``k`` of each row's pairs: score descending, ties to the smaller neighbour id."""
+        order = np.lexsort((nbr_ids[cols], -scores, rows))
+        rows, cols, scores = rows[order], cols[order], scores[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, int)
+        run_start = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        keep = np.arange(len(rows)) - run_start < k
+        return pd.DataFrame(
+            {col_id: ids[rows[keep]], col_neighbor: nbr_ids[cols[keep]], col_score: scores[keep]}
+        )
+
+    def score(rec: pd.Series, left: str, right: str) -> np.ndarray:
+        """Cosine: the masked similarity matrix of ``left`` rows x ``right`` columns of one pair record."""
+        l_ids = np.asarray(rec[f"{left}{_IDS}"], dtype=np.int64)
+        r_ids = np.asarray(rec[f"{right}{_IDS}"], dtype=np.int64)
+        a, b = operands(rec, left, right)
         prod = a @ b.T
         s = np.asarray(prod.toarray() if hasattr(prod, "toarray") else prod, dtype=np_dtype)
-        if measure in _SET_MEASURES:
-            # Counts are exact; one correctly rounded division (and a monotone sqrt) maps
-            # equal fractions to equal floats, so tied pairs stay tied. In place: the block is
-            # dense (most user pairs share a popular item), and each pass over it costs.
-            na = np.asarray(rec[f"{left}{_LENS}"], dtype=np.float64)[:, None]
-            nb = np.asarray(rec[f"{right}{_LENS}"], dtype=np.float64)[None, :]
-            overlap = s.astype(np.float64)
-            low = overlap < min_overlap
-            if measure == "jaccard":
-                s = np.add(na, nb) - overlap
-                np.divide(overlap, s, out=s)
-            else:
-                s = np.multiply(na, nb)
-                np.divide(np.multiply(overlap, overlap, out=overlap), s, out=s)
-                np.sqrt(s, out=s)
-            np.copyto(s, -np.inf, where=low)
         if positive_only:
             np.copyto(s, -np.inf, where=s <= 0)
         np.copyto(s, -np.inf, where=np.isnan(s))
@@ -326,11 +351,16 @@ def blocked_topk(
                 a_block, b_block = int(rec[f"a{_BLOCK}"]), int(rec[f"b{_BLOCK}"])
                 a_ids = np.asarray(rec[f"a{_IDS}"], dtype=np.int64)
                 b_ids = np.asarray(rec[f"b{_IDS}"], dtype=np.int64)
-                if symmetric and a_block > b_block:
-                    s = score(rec, "b", "a").T
+                if set_measure:
+                    if symmetric and a_block > b_block:
+                        cols, rows, s = set_pairs(rec, "b", "a")
+                    else:
+                        rows, cols, s = set_pairs(rec, "a", "b")
+                    out = emit_pairs(a_ids, b_ids, rows, cols, s)
+                elif symmetric and a_block > b_block:
+                    out = emit(a_ids, b_ids, score(rec, "b", "a").T)
                 else:
-                    s = score(rec, "a", "b")
-                out = emit(a_ids, b_ids, s)
+                    out = emit(a_ids, b_ids, score(rec, "a", "b"))
                 pending.setdefault(a_block, []).append(out)
                 sizes[a_block] = sizes.get(a_block, 0) + len(out)
                 if sizes[a_block] > 4 * k * max(len(a_ids), 1) + 100_000:

@@ -14,7 +14,7 @@ EXTRAS ?= dev
 HOROVOD_FLAGS ?= HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 ARGS ?=
-# pytest workers for make test (pytest-xdist; the tests are grouped in tests/conftest.py). The suite's
+# pytest workers for make test (pytest-xdist; tests/conftest.py keeps a module on one worker). The suite's
 # Spark jobs on test data are mostly latency-bound (JVM starts, scheduling), so 2 workers overlap them.
 TEST_WORKERS ?= 2
 # Airflow lives in a virtual environment of its own (protobuf 7 vs TF 2.18's protobuf<6): see
@@ -94,7 +94,7 @@ run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakeh
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup ## Run every test (Spark, Delta, MLflow, Horovod for real)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-fast: setup ## Tests without the slow / horovod markers
 	$(VENV)/bin/pytest -m "not slow and not horovod" $(ARGS)

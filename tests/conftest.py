@@ -38,14 +38,24 @@ RUN_DATE = dt.date(2024, 6, 1)
 E2E_TIMEOUT = int(os.environ.get("WATCHNEXT_E2E_TIMEOUT", "3600"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for ``pytest -n N --dist loadgroup`` (make test): a module's tests stay on one worker,
-    so its module fixtures are built once, and every test that starts from the session's DAG run
-    (``whole_run``, directly or through a fixture) shares one worker, so the DAG runs once."""
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = "whole_run" if "whole_run" in names else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+# make test runs on pytest-xdist workers (--dist loadfile): a module's tests stay on one worker, so
+# its module fixtures are built once. These modules start from the session's DAG run (``whole_run``)
+# and share one worker, so the DAG runs once.
+WHOLE_RUN_MODULES = ("tests/test_airflow_dag.py", "tests/test_report.py", "tests/test_faults.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "whole_run" if module in WHOLE_RUN_MODULES else module
+
+    return ByModule(config, log)
 
 
 @pytest.fixture(scope="session")

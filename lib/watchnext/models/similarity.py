@@ -15,7 +15,8 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
    product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
    :func:`~watchnext.models.topk.top_positions`, and the task keeps a running top K per row of its
-   row blocks across their pairs.
+   row blocks across their pairs. Set measures stay sparse: only the product's nonzeros with at least
+   ``min_overlap`` shared members are scored and ranked.
 4. **Merge.** Every row leaves its task with at most K candidates (not ``n_blocks * K``: the window
    would otherwise sort ``n * n_blocks * K`` rows, 6e9 for 500k users); a window numbers them.
 

@@ -94,7 +94,7 @@ run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakeh
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup ## Run every test (Spark, Delta, MLflow, Horovod for real)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-fast: setup ## Tests without the slow / horovod markers
 	$(VENV)/bin/pytest -m "not slow and not horovod" $(ARGS)

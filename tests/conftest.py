@@ -40,7 +40,8 @@ E2E_TIMEOUT = int(os.environ.get("WATCHNEXT_E2E_TIMEOUT", "3600"))
 
 # make test runs on pytest-xdist workers (--dist loadfile): a module's tests stay on one worker, so
 # its module fixtures are built once. These modules start from the session's DAG run (``whole_run``)
-# and share one worker, so the DAG runs once.
+# and share one worker, so the DAG runs once; with --no-loadscope-reorder (collection order, not the
+# most tests first) that longest unit starts first.
 WHOLE_RUN_MODULES = ("tests/test_airflow_dag.py", "tests/test_report.py", "tests/test_faults.py")
 
 

@@ -38,6 +38,26 @@ RUN_DATE = dt.date(2024, 6, 1)
 E2E_TIMEOUT = int(os.environ.get("WATCHNEXT_E2E_TIMEOUT", "3600"))
 
 
+def _import_spark_connect_like_a_script() -> None:
+    """pytest-xdist workers run under execnet, whose ``__main__`` has neither ``__spec__`` nor
+    ``__file__``. pyspark's Spark Connect check then takes the process for a doctest run and calls
+    ``sys.exit(0)`` (``pyspark/sql/connect/utils.py``), e.g. inside ``mlflow.spark.log_model``. Import
+    the module once as a script would; if that fails, later imports fail the same way (ImportError,
+    which mlflow expects)."""
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is not None or hasattr(main, "__file__"):
+        return
+    main.__file__ = __file__
+    try:
+        import pyspark.ml.connect  # noqa: F401
+    except ImportError:
+        sys.modules["pyspark.ml.connect"] = None  # type: ignore[assignment]
+    finally:
+        del main.__file__
+
+
+_import_spark_connect_like_a_script()
+
 # make test runs on pytest-xdist workers (--dist loadfile): a module's tests stay on one worker, so
 # its module fixtures are built once. These modules start from the session's DAG run (``whole_run``)
 # and share one worker, so the DAG runs once; with --no-loadscope-reorder (collection order, not the

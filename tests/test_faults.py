@@ -487,11 +487,17 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
     summary: list[tuple[float, bool, dict[str, str], Path]] = []
     t0 = time.monotonic()
     for k, delay in enumerate(delays(KILLS_INGEST, clean.write_span, seed=1)):
-        folder = copy_of_base(tmp_path / f"kill{k}")
-        cmd = job_command("ingest", overrides(folder, 1), RUN_DATE)
-        out = run_job(cmd, [Path(p) for p in paths(folder).values()], logs, delay, 900)
-        assert out.killed or out.rc == 0, _tail(logs)
-        summary.append((round(delay, 2), out.killed, state(folder), folder))
+        # A run faster than the clean one (less load on the machine) can finish before a late delay:
+        # that run is kept and checked, and the kill is tried again at half the delay, twice at most.
+        for attempt in range(3):
+            folder = copy_of_base(tmp_path / f"kill{k}-{attempt}")
+            cmd = job_command("ingest", overrides(folder, 1), RUN_DATE)
+            out = run_job(cmd, [Path(p) for p in paths(folder).values()], logs, delay, 900)
+            assert out.killed or out.rc == 0, _tail(logs)
+            summary.append((round(delay, 2), out.killed, state(folder), folder))
+            if out.killed:
+                break
+            delay /= 2
     log.warning(
         "ingest: write phase %.1f s; %d kills in %.0f s (delay, killed, tables at the new content): %s",
         clean.write_span, KILLS_INGEST, time.monotonic() - t0,

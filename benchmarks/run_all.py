@@ -58,6 +58,7 @@ SIZES: dict[str, tuple[list[str], list[str]]] = {
         ["--items", "2000", "--data", "/nonexistent", "--tables", "1", "--buckets", "0.8"]
         + ["--naive-items", "500"],
     ),
+    "bench_cooccurrence": (["--interactions", "400000", "--items", "5000"], ["--quick"]),
     "bench_als": (
         ["--rank", "64", "--iters", "5", "--repeats", "1"],
         ["--rank", "32", "--iters", "3", "--repeats", "1"],
@@ -193,6 +194,10 @@ def rows(res: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
                     "<= 0.33")  # fmt: skip
         add("bench_similarity", f"item-item top-{s['k']}, blocked exact ({s['naive_items']:,} items)",
             s["exact_on_naive_items_s"], "naive `crossJoin` + window", s["naive_s"])  # fmt: skip
+    if c := res.get("bench_cooccurrence"):
+        what = f"user-user co-occurrence top-{c['k']}, blocked sparse ({c['users']:,} users)"
+        add("bench_cooccurrence", what, c["blocked_s"], "self-join on the item + `groupBy` + window",
+            c["self_join_s"], "", f"identical output; self-join rows {c['self_join_rows']:,}")  # fmt: skip
     if a := res.get("bench_als"):
         add("bench_als", f"ALS s/iteration, rank {a['rank']} ({a['ratings']:,} ratings), Spark MLlib",
             a["spark_s_per_iter"], "`implicit` ALS, exact solves", a["implicit_exact_s_per_iter"],

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from watchnext.models.similarity import (
+    _RunningTopK,
     blocked_topk,
     dense_rows,
     item_based_scores,
@@ -155,6 +156,31 @@ def test_cooccurrence_matches_exact_fractions(spark: SparkSession, measure: str,
     expected = spark.createDataFrame(rows, "item_idx int, neighbor_idx int, score double, rank int")
     got = item_neighbors_from_cooccurrence(inter, 5, measure=measure, min_overlap=2, block_size=block_size)
     assertDataFrameEqual(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("limit", [1, 40, 10_000])
+def test_running_topk_floors_keep_the_exact_top_k(limit: int) -> None:
+    """The set-measure kernel's running top K, fed block pair by block pair: with reduces forced after
+    every pair (limit 1), every few pairs, or only at the end, its floors (each row's K-th score so
+    far) never drop a candidate of the exact top K, ties at the floor included."""
+    rng = np.random.default_rng(7)
+    n_rows, k = 30, 4
+    ids = np.sort(rng.choice(1000, n_rows, replace=False)).astype(np.int64)
+    top = _RunningTopK(ids, k, limit=limit)
+    seen = []
+    # each neighbour id belongs to one block pair, as in blocked_topk; later pairs bring smaller ids too
+    blocks = rng.permutation(600).reshape(12, 50).astype(np.int64)
+    for nbr_ids in blocks:
+        rows = rng.integers(0, n_rows, 120)
+        cols = rng.integers(0, 50, 120)
+        pairs = np.unique(np.stack([rows, cols], axis=1), axis=0)  # a (row, neighbour) pair once
+        scores = rng.integers(1, 6, len(pairs)) / 5.0  # five values: many ties at every K-th place
+        top.add(pairs[:, 0].astype(np.int64), nbr_ids[pairs[:, 1]], scores)
+        seen.append(pd.DataFrame({"a": ids[pairs[:, 0]], "b": nbr_ids[pairs[:, 1]], "s": scores}))
+    ref = pd.concat(seen).sort_values(["a", "s", "b"], ascending=[True, False, True], kind="stable")
+    ref = ref[ref.groupby("a").cumcount() < k].reset_index(drop=True)
+    got = top.frame("a", "b", "s").sort_values(["a", "s", "b"], ascending=[True, False, True])
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref, check_dtype=False)
 
 
 def test_content_neighbors_sparse_vectors_and_empty_items(spark: SparkSession) -> None:

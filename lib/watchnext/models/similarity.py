@@ -8,15 +8,17 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
    ``block_size`` rows whatever the id distribution. A block becomes one record: its ids in ascending
    order and its matrix (a flat dense array, or CSR parts), built with SQL higher-order functions.
 2. **Pair.** Block records are cross-joined into ordered block pairs ``(a, b)``, all pairs of one
-   row block ``a`` in one task. Each block travels to ``n_blocks`` tasks, the cost of any blocked
-   matrix product (as in MLlib's ``BlockMatrix.multiply``), but never a cell of ``S``. When the
+   row block ``a`` in one task: the row blocks are repartitioned one per task and the candidate
+   blocks broadcast, so each block reaches every task once (as a broadcast, not as ``n_blocks``
+   shuffled copies, the cost of MLlib's ``BlockMatrix.multiply``), and never a cell of ``S``. When the
    candidates are the rows themselves, ``(a, b)`` and ``(b, a)`` are both computed as ``a' @ b'.T``
    with ``a' <= b'``, so both directions get bit-identical scores.
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
    product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
    :func:`~watchnext.models.topk.top_positions`, and the task keeps a running top K per row of its
    row blocks across their pairs. Set measures stay sparse: only the product's nonzeros with at least
-   ``min_overlap`` shared members are scored and ranked.
+   ``min_overlap`` shared members are scored, and only those at or above their row's running K-th
+   score (:class:`_RunningTopK`) are kept and ranked.
 4. **Merge.** Every row leaves its task with at most K candidates (not ``n_blocks * K``: the window
    would otherwise sort ``n * n_blocks * K`` rows, 6e9 for 500k users); a window numbers them.
 
@@ -156,7 +158,10 @@ def _pack(rows: DataFrame, kind: str, measure: Measure, n_blocks: int) -> DataFr
         block_id = block_of(pdf)
         pdf, lens = pdf[keep], lens[keep]
         indices = np.concatenate([np.zeros(0, np.int32), *(np.asarray(x) for x in pdf[_IDX])])
-        values = np.concatenate([np.zeros(0), *(np.asarray(x) for x in pdf[_VAL])]).astype(np.float64)
+        if cosine:
+            values = np.concatenate([np.zeros(0), *(np.asarray(x) for x in pdf[_VAL])]).astype(np.float64)
+        else:  # set measures: a row's nonzeros are its members; no values travel (a third of the bytes)
+            values = np.zeros(0)
         if cosine and len(values):
             row = np.repeat(np.arange(len(lens)), lens)
             norms = np.sqrt(np.bincount(row, weights=values * values, minlength=len(lens)))
@@ -191,7 +196,7 @@ def block_of(pdf: pd.DataFrame) -> int:
     return int(pdf[_BLOCK].iloc[0])  # applyInPandas never calls with an empty group
 
 
-def _matrix(rec: pd.Series, side: str, kind: str, dtype: np.dtype, n_cols: int) -> object:
+def _matrix(rec: pd.Series, side: str, kind: str, dtype: np.dtype, n_cols: int, binary: bool) -> object:
     ids = np.asarray(rec[f"{side}{_IDS}"], dtype=np.int64)
     if kind == "dense":
         data = np.asarray(rec[f"{side}{_DATA}"], dtype=dtype)
@@ -201,7 +206,7 @@ def _matrix(rec: pd.Series, side: str, kind: str, dtype: np.dtype, n_cols: int) 
     lens = np.asarray(rec[f"{side}{_LENS}"], dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(lens)])
     indices = np.asarray(rec[f"{side}{_INDICES}"], dtype=np.int64)
-    values = np.asarray(rec[f"{side}{_VALUES}"], dtype=dtype)
+    values = np.ones(len(indices), dtype) if binary else np.asarray(rec[f"{side}{_VALUES}"], dtype=dtype)
     return sparse.csr_matrix((values, indices, indptr), shape=(len(ids), n_cols))
 
 
@@ -252,11 +257,13 @@ def blocked_topk(
     # Every ordered block pair (a, b), all pairs of one row block a in one task: the task keeps a
     # running top-K per row of a across its b blocks, so each row leaves it with at most K candidates
     # (n x K rows reach the window, not n x n_blocks x K: 6e9 rows for 500k users in 245 blocks).
+    # The row blocks are spread one per task and the candidate blocks broadcast (at 20M interactions
+    # 90 MB of CSR), so the pairs are formed inside the tasks: shuffling the pair records instead
+    # would move every block n_blocks times (40+ GB at 20M).
     # A symmetric pair is multiplied once per direction, oriented as (smaller block, larger block)
     # both times, so both directions see bit-identical cosines (set measures need no orientation).
-    pairs = lp.crossJoin(rp)
+    pairs = lp.repartition(n_blocks, f"a{_BLOCK}").crossJoin(F.broadcast(rp))
     n_pairs = n_blocks * n_blocks
-    pairs = pairs.repartition(n_blocks, f"a{_BLOCK}")
     log.info(
         "blocked top-%d (%s, %s): %d rows, %d blocks, %d block pairs", k, kind, measure, n, n_blocks, n_pairs
     )
@@ -284,20 +291,25 @@ def blocked_topk(
                 int(np.max(rec[f"{left}{_INDICES}"], initial=-1)),
                 int(np.max(rec[f"{right}{_INDICES}"], initial=-1)),
             )
-        return _matrix(rec, left, kind, np_dtype, n_cols), _matrix(rec, right, kind, np_dtype, n_cols)
+        return (
+            _matrix(rec, left, kind, np_dtype, n_cols, set_measure),
+            _matrix(rec, right, kind, np_dtype, n_cols, set_measure),
+        )
 
     def set_pairs(rec: pd.Series, left: str, right: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Set measures: the ``left`` x ``right`` pairs sharing at least ``min_overlap`` members, as
         (row positions, column positions, scores), from the product's nonzeros alone. In a block
-        pair of 2,041 x 2,041 users at 20M interactions 14% of the pairs share an item and fewer
+        pair of 2,041 x 2,041 users at 20M interactions 14% of the pairs share an item and 4.6%
         share two: a dense block, its masks and its top-K cost about 4x the product itself.
         Elementwise on exact counts, the scores do not depend on the orientation of the pair."""
         a, b = operands(rec, left, right)
-        prod = (a @ b.T).tocoo()
-        keep = prod.data >= min_overlap  # exact counts
-        rows, cols = prod.row[keep].astype(np.int64), prod.col[keep].astype(np.int64)
-        overlap = prod.data[keep].astype(np.float64)
-        if exclude_self:
+        prod = a @ b.T  # CSR
+        nz = np.flatnonzero(prod.data >= min_overlap)  # exact counts
+        rows = np.searchsorted(prod.indptr, nz, side="right") - 1
+        cols = prod.indices[nz].astype(np.int64)
+        overlap = prod.data[nz].astype(np.float64)
+        # an id hashes to the same block number on both sides: only a block with itself has self-pairs
+        if exclude_self and int(rec[f"{left}{_BLOCK}"]) == int(rec[f"{right}{_BLOCK}"]):
             l_ids = np.asarray(rec[f"{left}{_IDS}"], dtype=np.int64)
             r_ids = np.asarray(rec[f"{right}{_IDS}"], dtype=np.int64)
             other = l_ids[rows] != r_ids[cols]
@@ -313,27 +325,6 @@ def blocked_topk(
         if positive_only:
             rows, cols, s = rows[s > 0], cols[s > 0], s[s > 0]
         return rows, cols, s
-
-    def emit_pairs(
-        ids: np.ndarray, nbr_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray
-    ) -> pd.DataFrame:
-        """The top ``k`` of each row's pairs: score descending, ties to the smaller neighbour id (the
-        smaller position: a block's ids are ascending)."""
-        # one argsort of a composite integer key (row, score rank descending, position): 4x faster
-        # than a three-key lexsort
-        uniq, rank = np.unique(scores, return_inverse=True)
-        n_u, n_c = len(uniq), len(nbr_ids)
-        if len(rows) and (int(rows.max()) + 1) * n_u * n_c < 2**63:
-            order = np.argsort((rows * n_u + (n_u - 1 - rank)) * n_c + cols, kind="stable")
-        else:
-            order = np.lexsort((cols, -scores, rows))
-        rows, cols, scores = rows[order], cols[order], scores[order]
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, int)
-        run_start = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
-        keep = np.arange(len(rows)) - run_start < k
-        return pd.DataFrame(
-            {col_id: ids[rows[keep]], col_neighbor: nbr_ids[cols[keep]], col_score: scores[keep]}
-        )
 
     def score(rec: pd.Series, left: str, right: str) -> np.ndarray:
         """Cosine: the masked similarity matrix of ``left`` rows x ``right`` columns of one pair record."""
@@ -356,6 +347,9 @@ def blocked_topk(
         return df[df.groupby(col_id, sort=False).cumcount() < k]
 
     def multiply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        if set_measure:
+            yield from multiply_sets(batches)
+            return
         pending: dict[int, list[pd.DataFrame]] = {}  # row block -> candidate frames not yet reduced
         sizes: dict[int, int] = {}
         for pdf in batches:
@@ -363,9 +357,7 @@ def blocked_topk(
                 a_block, b_block = int(rec[f"a{_BLOCK}"]), int(rec[f"b{_BLOCK}"])
                 a_ids = np.asarray(rec[f"a{_IDS}"], dtype=np.int64)
                 b_ids = np.asarray(rec[f"b{_IDS}"], dtype=np.int64)
-                if set_measure:
-                    out = emit_pairs(a_ids, b_ids, *set_pairs(rec, "a", "b"))
-                elif symmetric and a_block > b_block:
+                if symmetric and a_block > b_block:
                     out = emit(a_ids, b_ids, score(rec, "b", "a").T)
                 else:
                     out = emit(a_ids, b_ids, score(rec, "a", "b"))
@@ -377,6 +369,18 @@ def blocked_topk(
         for frames in pending.values():
             yield best_k(frames)
 
+    def multiply_sets(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        running: dict[int, _RunningTopK] = {}  # row block -> its rows' best K so far
+        for pdf in batches:
+            for _, rec in pdf.iterrows():
+                a_block = int(rec[f"a{_BLOCK}"])
+                if a_block not in running:
+                    running[a_block] = _RunningTopK(np.asarray(rec[f"a{_IDS}"], dtype=np.int64), k)
+                rows, cols, s = set_pairs(rec, "a", "b")
+                running[a_block].add(rows, np.asarray(rec[f"b{_IDS}"], dtype=np.int64)[cols], s)
+        for top in running.values():
+            yield top.frame(col_id, col_neighbor, col_score)
+
     candidates_df = pairs.mapInPandas(multiply, schema)
     order = Window.partitionBy(col_id).orderBy(F.col(col_score).desc(), F.col(col_neighbor).asc())
     return (
@@ -384,6 +388,57 @@ def blocked_topk(
         .where(F.col(col_rank) <= k)
         .select(col_id, col_neighbor, col_score, col_rank)
     )
+
+
+class _RunningTopK:
+    """The best ``k`` neighbours (score descending, ties to the smaller neighbour id) of each row of a
+    row block, across its block pairs. Each row keeps a floor, the ``k``-th score of its last reduce:
+    a candidate below it can never enter (scores of later pairs only add competitors), so most of a
+    block pair's candidates are dropped by one compare before anything is sorted. Candidates at the
+    floor stay (a tie can still win on the neighbour id), so the result is exact."""
+
+    def __init__(self, ids: np.ndarray, k: int, limit: int | None = None) -> None:
+        self.ids, self.k = ids, k
+        self.floor = np.full(len(ids), -np.inf)
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.size = 0
+        # candidates buffered before a reduce
+        self.limit = 4 * k * max(len(ids), 1) + 100_000 if limit is None else limit
+
+    def add(self, rows: np.ndarray, nbrs: np.ndarray, scores: np.ndarray) -> None:
+        keep = scores >= self.floor[rows]
+        self.parts.append((rows[keep], nbrs[keep], scores[keep]))
+        self.size += int(keep.sum())
+        if self.size > self.limit:
+            self.reduce()
+
+    def reduce(self) -> None:
+        rows, nbrs, scores = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+        # one argsort of a composite integer key (row, score rank descending, neighbour rank): 4x
+        # faster than a three-key lexsort
+        u_s, s_rank = np.unique(scores, return_inverse=True)
+        u_n, n_rank = np.unique(nbrs, return_inverse=True)
+        if len(rows) and len(self.ids) * len(u_s) * len(u_n) < 2**63:
+            key = (rows * len(u_s) + (len(u_s) - 1 - s_rank)) * len(u_n) + n_rank
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((nbrs, -scores, rows))
+        rows, nbrs, scores = rows[order], nbrs[order], scores[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, int)
+        place = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        keep = place < self.k
+        rows, nbrs, scores = rows[keep], nbrs[keep], scores[keep]
+        full = place[keep] == self.k - 1
+        self.floor[rows[full]] = scores[full]
+        self.parts, self.size = [(rows, nbrs, scores)], len(rows)
+
+    def frame(self, col_id: str, col_neighbor: str, col_score: str) -> pd.DataFrame:
+        if self.parts:
+            self.reduce()
+        rows, nbrs, scores = self.parts[0] if self.parts else (np.zeros(0, np.int64),) * 3
+        return pd.DataFrame(
+            {col_id: self.ids[rows], col_neighbor: nbrs, col_score: scores.astype(np.float64)}
+        )
 
 
 # ------------------------------------------------------------------------------ neighbour sources

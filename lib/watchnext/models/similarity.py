@@ -10,7 +10,8 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
 2. **Pair.** Block records are cross-joined into ordered block pairs ``(a, b)``, all pairs of one
    row block ``a`` in one task: the row blocks are repartitioned one per task and the candidate
    blocks broadcast, so each block reaches every task once (as a broadcast, not as ``n_blocks``
-   shuffled copies, the cost of MLlib's ``BlockMatrix.multiply``), and never a cell of ``S``. When the
+   shuffled copies, the cost of MLlib's ``BlockMatrix.multiply``), and never a cell of ``S``. The
+   limit this sets: the candidates' packed blocks must fit a broadcast (90 MB at 20M interactions). When the
    candidates are the rows themselves, ``(a, b)`` and ``(b, a)`` are both computed as ``a' @ b'.T``
    with ``a' <= b'``, so both directions get bit-identical scores.
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse

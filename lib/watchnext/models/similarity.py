@@ -17,9 +17,9 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
    product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
    :func:`~watchnext.models.topk.top_positions`, and the task keeps a running top K per row of its
-   row blocks across their pairs. Set measures stay sparse: only the product's nonzeros with at least
-   ``min_overlap`` shared members are scored, and only those at or above their row's running K-th
-   score (:class:`_RunningTopK`) are kept and ranked.
+   row blocks across their pairs (:class:`_RunningTopK`: a candidate below its row's K-th score so
+   far is dropped before any sort). Set measures stay sparse: only the product's nonzeros with at
+   least ``min_overlap`` shared members are scored.
 4. **Merge.** Every row leaves its task with at most K candidates (not ``n_blocks * K``: the window
    would otherwise sort ``n * n_blocks * K`` rows, 6e9 for 500k users); a window numbers them.
 
@@ -159,11 +159,9 @@ def _pack(rows: DataFrame, kind: str, measure: Measure, n_blocks: int) -> DataFr
         block_id = block_of(pdf)
         pdf, lens = pdf[keep], lens[keep]
         indices = np.concatenate([np.zeros(0, np.int32), *(np.asarray(x) for x in pdf[_IDX])])
+        values = np.zeros(0)  # set measures: a row's nonzeros are its members; no values travel
         if cosine:
-            values = np.concatenate([np.zeros(0), *(np.asarray(x) for x in pdf[_VAL])]).astype(np.float64)
-        else:  # set measures: a row's nonzeros are its members; no values travel (a third of the bytes)
-            values = np.zeros(0)
-        if cosine and len(values):
+            values = np.concatenate([values, *(np.asarray(x) for x in pdf[_VAL])]).astype(np.float64)
             row = np.repeat(np.arange(len(lens)), lens)
             norms = np.sqrt(np.bincount(row, weights=values * values, minlength=len(lens)))
             values = values / norms[row]
@@ -277,14 +275,6 @@ def blocked_topk(
         ]
     )
 
-    def emit(ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        top, vals = top_positions(scores, k)
-        keep = vals > -np.inf
-        rid = np.broadcast_to(ids[:, None], top.shape)
-        return pd.DataFrame(
-            {col_id: rid[keep], col_neighbor: nbr_ids[top[keep]], col_score: vals[keep].astype(np.float64)}
-        )
-
     def operands(rec: pd.Series, left: str, right: str) -> tuple[object, object]:
         n_cols = 0
         if kind == "sparse":
@@ -341,44 +331,28 @@ def blocked_topk(
             np.copyto(s, -np.inf, where=np.equal.outer(l_ids, r_ids))
         return s
 
-    def best_k(frames: list[pd.DataFrame]) -> pd.DataFrame:
-        """The K best candidates per row (score descending, ties to the smaller neighbour)."""
-        df = pd.concat(frames, ignore_index=True)
-        df = df.sort_values([col_id, col_score, col_neighbor], ascending=[True, False, True], kind="stable")
-        return df[df.groupby(col_id, sort=False).cumcount() < k]
+    def pair_candidates(rec: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pair record's candidates: (row positions in a, column positions in b, scores)."""
+        if set_measure:
+            return set_pairs(rec, "a", "b")
+        if symmetric and int(rec[f"a{_BLOCK}"]) > int(rec[f"b{_BLOCK}"]):
+            s = score(rec, "b", "a").T
+        else:
+            s = score(rec, "a", "b")
+        top, vals = top_positions(s, k)  # each row's top K within the pair
+        keep = vals > -np.inf
+        rows = np.broadcast_to(np.arange(len(top), dtype=np.int64)[:, None], top.shape)
+        return rows[keep], top[keep].astype(np.int64), vals[keep].astype(np.float64)
 
     def multiply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        if set_measure:
-            yield from multiply_sets(batches)
-            return
-        pending: dict[int, list[pd.DataFrame]] = {}  # row block -> candidate frames not yet reduced
-        sizes: dict[int, int] = {}
-        for pdf in batches:
-            for _, rec in pdf.iterrows():
-                a_block, b_block = int(rec[f"a{_BLOCK}"]), int(rec[f"b{_BLOCK}"])
-                a_ids = np.asarray(rec[f"a{_IDS}"], dtype=np.int64)
-                b_ids = np.asarray(rec[f"b{_IDS}"], dtype=np.int64)
-                if symmetric and a_block > b_block:
-                    out = emit(a_ids, b_ids, score(rec, "b", "a").T)
-                else:
-                    out = emit(a_ids, b_ids, score(rec, "a", "b"))
-                pending.setdefault(a_block, []).append(out)
-                sizes[a_block] = sizes.get(a_block, 0) + len(out)
-                if sizes[a_block] > 4 * k * max(len(a_ids), 1) + 100_000:
-                    pending[a_block] = [best_k(pending[a_block])]
-                    sizes[a_block] = len(pending[a_block][0])
-        for frames in pending.values():
-            yield best_k(frames)
-
-    def multiply_sets(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         running: dict[int, _RunningTopK] = {}  # row block -> its rows' best K so far
         for pdf in batches:
             for _, rec in pdf.iterrows():
                 a_block = int(rec[f"a{_BLOCK}"])
                 if a_block not in running:
                     running[a_block] = _RunningTopK(np.asarray(rec[f"a{_IDS}"], dtype=np.int64), k)
-                rows, cols, s = set_pairs(rec, "a", "b")
-                running[a_block].add(rows, np.asarray(rec[f"b{_IDS}"], dtype=np.int64)[cols], s)
+                rows, cols, scores = pair_candidates(rec)
+                running[a_block].add(rows, np.asarray(rec[f"b{_IDS}"], dtype=np.int64)[cols], scores)
         for top in running.values():
             yield top.frame(col_id, col_neighbor, col_score)
 
@@ -393,10 +367,11 @@ def blocked_topk(
 
 class _RunningTopK:
     """The best ``k`` neighbours (score descending, ties to the smaller neighbour id) of each row of a
-    row block, across its block pairs. Each row keeps a floor, the ``k``-th score of its last reduce:
-    a candidate below it can never enter (scores of later pairs only add competitors), so most of a
-    block pair's candidates are dropped by one compare before anything is sorted. Candidates at the
-    floor stay (a tie can still win on the neighbour id), so the result is exact."""
+    row block, across its block pairs (both kernels: a cosine pair adds each row's top K within the
+    pair, a set-measure pair every pair with enough overlap). Each row keeps a floor, the ``k``-th
+    score of its last reduce: a candidate below it can never enter (later pairs only add
+    competitors), so most of a block pair's candidates are dropped by one compare before anything is
+    sorted. Candidates at the floor stay (a tie can still win on the neighbour id): exact."""
 
     def __init__(self, ids: np.ndarray, k: int, limit: int | None = None) -> None:
         self.ids, self.k = ids, k

@@ -262,3 +262,60 @@ def test_cluster_backfill_gives_every_cluster_its_popular_unseen_items(spark: Sp
     assertDataFrameEqual(
         got, spark.createDataFrame(expected, "user_idx int, item_idx int, score double, rank int")
     )
+
+
+def _reference_item_candidates(
+    nb: pd.DataFrame, history: pd.DataFrame, m: int, recent: int | None
+) -> pd.DataFrame:
+    """item_candidates in plain pandas: every vote listed, summed and ranked."""
+    latest = history.groupby(["user_idx", "item_idx"], as_index=False).timestamp.max()
+    latest = latest.sort_values(["user_idx", "timestamp", "item_idx"], ascending=[True, False, False])
+    anchors = latest if recent is None else latest.groupby("user_idx").head(recent)
+    votes = anchors[["user_idx", "item_idx"]].merge(nb, on="item_idx")
+    votes = votes.rename(columns={"item_idx": "anchor_idx"}).rename(columns={"neighbor_idx": "item_idx"})
+    best = votes.sort_values(["score", "anchor_idx"], ascending=[False, True]).drop_duplicates(
+        ["user_idx", "item_idx"]
+    )
+    sums = votes.groupby(["user_idx", "item_idx"], as_index=False).score.sum()
+    cand = sums.merge(best[["user_idx", "item_idx", "anchor_idx"]], on=["user_idx", "item_idx"])
+    cand = cand.merge(latest[["user_idx", "item_idx"]], how="left", indicator=True)
+    cand = cand[cand._merge == "left_only"].drop(columns="_merge")
+    cand = cand.sort_values(["user_idx", "score", "item_idx"], ascending=[True, False, True])
+    cand["rank"] = cand.groupby("user_idx").cumcount() + 1
+    cand = cand[cand["rank"] <= m]
+    return cand[["user_idx", "item_idx", "score", "rank", "anchor_idx"]].astype(
+        {"user_idx": "int32", "item_idx": "int32", "rank": "int32", "anchor_idx": "int32"}
+    )
+
+
+@pytest.mark.parametrize("recent", [None, 3])
+def test_item_candidates_match_a_reference_on_random_data(spark: SparkSession, recent: int | None) -> None:
+    """Several Arrow batches; ties in the sums, the anchors' votes and the timestamps; repeated views."""
+    rng = np.random.default_rng(11)
+    n_users, n_items, m = 200, 50, 6
+    base = dt.datetime(2024, 1, 1)
+    history = pd.DataFrame(
+        {
+            "user_idx": rng.integers(0, n_users, 3000),
+            "item_idx": rng.integers(0, n_items, 3000),
+            "timestamp": [base + dt.timedelta(days=int(d)) for d in rng.integers(0, 20, 3000)],
+        }
+    ).astype({"user_idx": "int32", "item_idx": "int32"})
+    nb = pd.DataFrame(
+        {"item_idx": rng.integers(0, n_items, 400), "neighbor_idx": rng.integers(0, n_items, 400)}
+    ).drop_duplicates()
+    nb = nb[nb.item_idx != nb.neighbor_idx].astype("int32")
+    nb["score"] = rng.integers(1, 5, len(nb)) / 4.0  # exact sums, many ties
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
+    try:
+        got = B.item_candidates(
+            spark.createDataFrame(nb),
+            spark.createDataFrame(history.sample(frac=1.0, random_state=2)),
+            m,
+            recent=recent,
+        )
+        want = _reference_item_candidates(nb, history, m, recent)
+        assert len(want) > 500 and want.anchor_idx.nunique() > 20
+        assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")

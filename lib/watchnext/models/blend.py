@@ -43,20 +43,18 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from watchnext.aggregates import exact_sum
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_CLUSTER,
     COL_ITEM_IDX,
-    COL_NEIGHBOR_IDX,
     COL_RANK,
     COL_SCORE,
     COL_SHARE,
     COL_SOURCE,
     COL_SOURCES,
-    COL_TIMESTAMP,
     COL_USER_IDX,
 )
+from watchnext.models.similarity import item_based_scores
 
 log = logging.getLogger(__name__)
 
@@ -108,34 +106,9 @@ def item_candidates(
     watched item, or the ``recent`` latest by timestamp) that have ``i`` among their neighbours; seen
     items excluded. ``anchor_idx`` is the anchor contributing most (ties: the smaller id): the
     "because you watched" item. ``neighbors``: ``(item_idx, neighbor_idx, score)``; ``history``:
-    ``(user_idx, item_idx[, timestamp])``."""
-    require_columns(neighbors, [COL_ITEM_IDX, COL_NEIGHBOR_IDX, COL_SCORE], "neighbors")
-    require_columns(history, [COL_USER_IDX, COL_ITEM_IDX], "history")
-    seen = history.select(COL_USER_IDX, COL_ITEM_IDX).distinct()
-    anchors = seen
-    if recent is not None:
-        require_columns(history, [COL_TIMESTAMP], "history")
-        latest = history.groupBy(COL_USER_IDX, COL_ITEM_IDX).agg(F.max(COL_TIMESTAMP).alias("_t"))
-        order = Window.partitionBy(COL_USER_IDX).orderBy(F.col("_t").desc(), F.col(COL_ITEM_IDX).desc())
-        anchors = (
-            latest.withColumn("_r", F.row_number().over(order))
-            .where(F.col("_r") <= recent)
-            .select(COL_USER_IDX, COL_ITEM_IDX)
-        )
-    nb = neighbors.select(
-        F.col(COL_ITEM_IDX).alias(COL_ANCHOR_IDX), COL_NEIGHBOR_IDX, F.col(COL_SCORE).alias("_sim")
-    )
-    votes = (
-        anchors.withColumnRenamed(COL_ITEM_IDX, COL_ANCHOR_IDX)
-        .join(nb, COL_ANCHOR_IDX)
-        .groupBy(COL_USER_IDX, F.col(COL_NEIGHBOR_IDX).alias(COL_ITEM_IDX))
-        .agg(
-            exact_sum("_sim").alias(COL_SCORE),
-            F.max_by(COL_ANCHOR_IDX, F.struct(F.col("_sim"), -F.col(COL_ANCHOR_IDX))).alias(COL_ANCHOR_IDX),
-        )
-        .join(seen, [COL_USER_IDX, COL_ITEM_IDX], "left_anti")
-    )
-    return top_per_user(votes, m, [COL_ANCHOR_IDX])
+    ``(user_idx, item_idx[, timestamp])``. One sparse product per batch of users
+    (:func:`~watchnext.models.similarity.item_based_scores`), not a join of history and neighbours."""
+    return item_based_scores(neighbors, history, m, recent=recent, col_anchor=COL_ANCHOR_IDX)
 
 
 def cluster_candidates(

@@ -56,6 +56,7 @@ from watchnext.constants import (
     COL_NEIGHBOR_IDX,
     COL_RANK,
     COL_SCORE,
+    COL_TIMESTAMP,
     COL_USER_IDX,
 )
 from watchnext.models.topk import _arrow_int, top_positions
@@ -577,12 +578,15 @@ def _vote_topk(
     col_item: str,
     exclude: Literal["keys", "own_row"],
     normalize: bool,
+    col_anchor: str | None = None,
 ) -> DataFrame:
     """``score(u, i) = sum_j w(u, j) M(j, i)`` for every user of ``weights`` ``(col_user, _key,
     _w)``, with ``M`` from ``matrix`` ``(_key, col_item, _value)``. Excluded: the user's keys
-    (``"keys"``: the keys are items) or the user's own row of ``M`` (``"own_row"``: the keys are
-    users). ``normalize`` divides by ``sum_j |w(u, j)|``. Top ``k`` per user by score, ties to the
-    smaller item, nonzero scores only. Sums run in float64 in key order: a re-run gives the same bits."""
+    (``"keys"``: the keys are items; a key of weight 0 is excluded without voting) or the user's own
+    row of ``M`` (``"own_row"``: the keys are users). ``normalize`` divides by ``sum_j |w(u, j)|``.
+    Top ``k`` per user by score, ties to the smaller item, nonzero scores only. Sums run in float64 in
+    key order: a re-run gives the same bits. ``col_anchor`` adds the key whose vote ``w(u, j) M(j, i)``
+    is the largest (ties: the smaller key)."""
     user_type = weights.schema[col_user].dataType
     item_type = matrix.schema[col_item].dataType
     # The second documented driver collect (after top-K's item factors): the matrix, once. The user-kNN
@@ -600,11 +604,14 @@ def _vote_topk(
             T.StructField(COL_SCORE, T.DoubleType(), False),
             T.StructField(COL_RANK, T.IntegerType(), False),
         ]
+        + ([T.StructField(col_anchor, matrix.schema[_KEY].dataType, False)] if col_anchor else [])
     )
     np_types = {
         col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
         col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
     }
+    if col_anchor:
+        np_types[col_anchor] = _arrow_int(matrix.schema[_KEY].dataType, _KEY).to_pandas_dtype()
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from scipy import sparse
@@ -621,6 +628,7 @@ def _vote_topk(
             keys = np.concatenate([np.zeros(0, np.int64), *(np.asarray(x, np.int64) for x in pdf[_KEY])])
             w = np.concatenate([np.zeros(0), *(np.asarray(x, np.float64) for x in pdf[_WEIGHT])])
             pos, hit = _lookup(kid, keys)
+            hit &= w != 0
             votes = (sparse.csr_matrix((w[hit], (rows[hit], pos[hit])), shape=(b, len(kid))) @ m).tocoo()
             r, c, v = votes.row.astype(np.int64), votes.col.astype(np.int64), votes.data
             if exclude == "keys":
@@ -647,6 +655,10 @@ def _vote_topk(
                     COL_RANK: rank[top].astype(np.int32),
                 }
             )
+            if col_anchor:
+                cells = r[top] * n_cols + c[top]
+                voters = rows[hit], keys[hit], w[hit], pos[hit]
+                frame[col_anchor] = _anchors(cells, n_cols, *voters, ptr, mcols, mvals)
             yield frame.astype(np_types)
 
     pairs = F.struct(F.col(_KEY).cast("long").alias("k"), F.col(_WEIGHT).cast("double").alias("w"))
@@ -655,21 +667,59 @@ def _vote_topk(
     return lists.mapInPandas(score, out)
 
 
+def _anchors(
+    cells: np.ndarray,
+    n_cols: int,
+    rows: np.ndarray,
+    keys: np.ndarray,
+    w: np.ndarray,
+    pos: np.ndarray,
+    ptr: np.ndarray,
+    mcols: np.ndarray,
+    mvals: np.ndarray,
+) -> np.ndarray:
+    """For each ``cell`` (``row * n_cols + column``), the key with the largest vote ``w M(key, column)``,
+    ties to the smaller key. ``rows, keys, w, pos``: the voting keys (``pos``: their rows of ``M``)."""
+    lens = ptr[pos + 1] - ptr[pos]
+    entry = np.repeat(ptr[pos] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    vote_cell = np.repeat(rows.astype(np.int64), lens) * n_cols + mcols[entry]
+    kept = np.isin(vote_cell, cells)  # only the cells that made the top K
+    vote_cell, vote_key = vote_cell[kept], np.repeat(keys, lens)[kept]
+    vote = (np.repeat(w, lens) * mvals[entry])[kept]
+    order = np.lexsort((vote_key, -vote, vote_cell))
+    vote_cell, vote_key = vote_cell[order], vote_key[order]
+    first = np.r_[True, vote_cell[1:] != vote_cell[:-1]] if len(vote_cell) else np.zeros(0, bool)
+    return vote_key[first][np.searchsorted(vote_cell[first], cells)]
+
+
 def item_based_scores(
     neighbors: DataFrame,
     seen: DataFrame,
     k: int,
     *,
+    recent: int | None = None,
+    col_anchor: str | None = None,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_neighbor: str = COL_NEIGHBOR_IDX,
 ) -> DataFrame:
-    """Item-kNN recommendations: ``score(u, i) = sum of sim(j, i) over the user's seen items j`` that
-    have ``i`` among their neighbours; seen items excluded; top ``k`` per user, ties to the smaller
-    item. ``neighbors``: ``(col_item, col_neighbor, score)``; ``seen``: ``(col_user, col_item)``."""
+    """Item-kNN recommendations: ``score(u, i) = sum of sim(j, i) over the user's anchors j`` that
+    have ``i`` among their neighbours; every seen item excluded; top ``k`` per user, ties to the smaller
+    item. The anchors are the seen items, or with ``recent`` the latest ``recent`` by ``timestamp``
+    (ties: the larger item). ``col_anchor`` adds the anchor of the largest ``sim(j, i)`` (ties: the
+    smaller id). ``neighbors``: ``(col_item, col_neighbor, score)``; ``seen``: ``(col_user, col_item[,
+    timestamp])``."""
     require_columns(neighbors, [col_item, col_neighbor, COL_SCORE], "neighbors")
     require_columns(seen, [col_user, col_item], "seen")
-    pairs = seen.select(col_user, F.col(col_item).alias(_KEY)).distinct().withColumn(_WEIGHT, F.lit(1.0))
+    if recent is None:
+        pairs = seen.select(col_user, F.col(col_item).alias(_KEY)).distinct().withColumn(_WEIGHT, F.lit(1.0))
+    else:  # older items keep weight 0: excluded, but they do not vote
+        require_columns(seen, [COL_TIMESTAMP], "seen")
+        latest = seen.groupBy(col_user, F.col(col_item).alias(_KEY)).agg(F.max(COL_TIMESTAMP).alias("_t"))
+        order = Window.partitionBy(col_user).orderBy(F.col("_t").desc(), F.col(_KEY).desc())
+        pairs = latest.select(
+            col_user, _KEY, F.when(F.row_number().over(order) <= recent, 1.0).otherwise(0.0).alias(_WEIGHT)
+        )
     matrix = neighbors.select(
         F.col(col_item).alias(_KEY), F.col(col_neighbor).alias(_ITEM), F.col(COL_SCORE).alias(_VALUE)
     )
@@ -681,6 +731,7 @@ def item_based_scores(
         col_item=_ITEM,
         exclude="keys",
         normalize=False,
+        col_anchor=col_anchor,
     ).withColumnRenamed(_ITEM, col_item)
 
 

@@ -671,7 +671,7 @@ def _vote_topk(
             if col_anchor:
                 cells = r[top] * n_cols + c[top]
                 voters = rows[hit], keys[hit], w[hit], pos[hit]
-                frame[col_anchor] = _anchors(cells, n_cols, *voters, ptr, mcols, mvals)
+                frame[col_anchor] = _anchors(cells, (b, n_cols), *voters, ptr, mcols, mvals)
             yield frame.astype(np_types)
 
     pairs = F.struct(F.col(_KEY).cast("long").alias("k"), F.col(_WEIGHT).cast("double").alias("w"))
@@ -682,7 +682,7 @@ def _vote_topk(
 
 def _anchors(
     cells: np.ndarray,
-    n_cols: int,
+    shape: tuple[int, int],
     rows: np.ndarray,
     keys: np.ndarray,
     w: np.ndarray,
@@ -691,18 +691,25 @@ def _anchors(
     mcols: np.ndarray,
     mvals: np.ndarray,
 ) -> np.ndarray:
-    """For each ``cell`` (``row * n_cols + column``), the key with the largest vote ``w M(key, column)``,
-    ties to the smaller key. ``rows, keys, w, pos``: the voting keys (``pos``: their rows of ``M``)."""
+    """For each ``cell`` (``row * n_cols + column`` of the ``(n_rows, n_cols)`` scores), the key with the
+    largest vote ``w M(key, column)``, ties to the smaller key. ``rows, keys, w, pos``: the voting
+    keys (``pos``: their rows of ``M``). Linear in the votes: no sort."""
+    from scipy import sparse
+
     lens = ptr[pos + 1] - ptr[pos]
     entry = np.repeat(ptr[pos] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-    vote_cell = np.repeat(rows.astype(np.int64), lens) * n_cols + mcols[entry]
-    kept = np.isin(vote_cell, cells)  # only the cells that made the top K
-    vote_cell, vote_key = vote_cell[kept], np.repeat(keys, lens)[kept]
-    vote = (np.repeat(w, lens) * mvals[entry])[kept]
-    order = np.lexsort((vote_key, -vote, vote_cell))
-    vote_cell, vote_key = vote_cell[order], vote_key[order]
-    first = np.r_[True, vote_cell[1:] != vote_cell[:-1]] if len(vote_cell) else np.zeros(0, bool)
-    return vote_key[first][np.searchsorted(vote_cell[first], cells)]
+    # each vote's cell, numbered 0.. in the order of ``cells``; -1: a cell outside the top K
+    top_r, top_c = np.divmod(cells, shape[1])
+    number = sparse.csr_matrix((np.arange(1, len(cells) + 1), (top_r, top_c)), shape=shape)
+    cell = np.asarray(number[np.repeat(rows, lens), mcols[entry]]).ravel() - 1
+    kept = cell >= 0
+    cell, key, vote = cell[kept], np.repeat(keys, lens)[kept], (np.repeat(w, lens) * mvals[entry])[kept]
+    best = np.full(len(cells), -np.inf)
+    np.maximum.at(best, cell, vote)
+    top = vote == best[cell]
+    anchor = np.full(len(cells), np.iinfo(np.int64).max)
+    np.minimum.at(anchor, cell[top], key[top])
+    return anchor
 
 
 def item_based_scores(

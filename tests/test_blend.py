@@ -319,3 +319,54 @@ def test_item_candidates_match_a_reference_on_random_data(spark: SparkSession, r
         assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+def test_cluster_candidates_match_a_reference_on_random_data(spark: SparkSession) -> None:
+    """Several Arrow batches, ties in shares and popularity, items without a cluster, seen items."""
+    rng = np.random.default_rng(3)
+    n_users, n_items, n_clusters, m = 150, 120, 6, 8
+    aff = pd.DataFrame(
+        [(u, c, rng.integers(1, 5) / 4.0) for u in range(n_users) for c in range(n_clusters)],
+        columns=["user_idx", "cluster_id", "share"],
+    ).astype({"user_idx": "int32", "cluster_id": "int32"})
+    ic = pd.DataFrame(
+        {"item_idx": np.arange(n_items, dtype="int32"), "cluster_id": rng.integers(0, n_clusters, n_items)}
+    )
+    ic["cluster_id"] = ic.cluster_id.where(ic.item_idx % 17 != 5).astype(
+        "Int32"
+    )  # some items without a cluster
+    pop = pd.DataFrame(
+        {"item_idx": np.arange(n_items, dtype="int32"), "score": rng.integers(1, 6, n_items) * 1.0}
+    )
+    seen = pd.DataFrame(
+        {"user_idx": rng.integers(0, n_users, 2000), "item_idx": rng.integers(0, n_items, 2000)}
+    ).astype("int32")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
+    try:
+        got = B.cluster_candidates(
+            spark.createDataFrame(aff),
+            spark.createDataFrame(ic, "item_idx int, cluster_id int"),
+            spark.createDataFrame(pop),
+            spark.createDataFrame(seen),
+            m,
+            top_clusters=2,
+        )
+        # the reference: favourite clusters, each cluster's 3m most popular items, scored and ranked
+        fav = aff.sort_values(["user_idx", "share", "cluster_id"], ascending=[True, False, True])
+        fav = fav.groupby("user_idx").head(2)
+        items = ic.dropna().astype({"cluster_id": "int32"}).merge(pop, on="item_idx")
+        items["_pop"] = items.score / items.groupby("cluster_id").score.transform("max")
+        items = items.sort_values(["cluster_id", "score", "item_idx"], ascending=[True, False, True])
+        items = items.groupby("cluster_id").head(3 * m)
+        want = fav.merge(items[["cluster_id", "item_idx", "_pop"]], on="cluster_id")
+        want["score"] = want.share * want._pop
+        want = want.merge(seen.drop_duplicates(), how="left", indicator=True)
+        want = want[want._merge == "left_only"].sort_values(
+            ["user_idx", "score", "item_idx"], ascending=[True, False, True]
+        )
+        want["rank"] = (want.groupby("user_idx").cumcount() + 1).astype("int32")
+        want = want[want["rank"] <= m][["user_idx", "item_idx", "score", "rank"]]
+        assert len(want) == n_users * m and want.score.duplicated().any()
+        assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")

@@ -54,7 +54,7 @@ from watchnext.constants import (
     COL_SOURCES,
     COL_USER_IDX,
 )
-from watchnext.models.similarity import item_based_scores
+from watchnext.models.similarity import item_based_scores, weighted_scores
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def cluster_candidates(
     top_clusters: int = 3,
 ) -> DataFrame:
     """Popular items of each user's favourite clusters: ``score(u, i) = share(u, c(i)) * pop(i) /
-    max pop in c(i)``, over the user's ``top_clusters`` clusters by share; seen items excluded.
+    max pop in c(i)``, over the user's ``top_clusters`` clusters by share; seen items excluded; zero
+    scores are not candidates.
 
     ``affinity``: ``(user_idx, cluster_id, share)``; ``item_clusters``: ``(item_idx, cluster_id)``;
     ``popularity``: ``(item_idx, score)``; ``seen``: ``(user_idx, item_idx)``.
@@ -136,7 +137,11 @@ def cluster_candidates(
         .select(COL_USER_IDX, COL_CLUSTER, COL_SHARE)
     )
     # Per cluster, enough popular items that m survive any user's seen items in the favourite clusters.
-    in_cluster = item_clusters.select(COL_ITEM_IDX, COL_CLUSTER).join(popularity, COL_ITEM_IDX)
+    in_cluster = (
+        item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)
+        .where(F.col(COL_CLUSTER).isNotNull())
+        .join(popularity, COL_ITEM_IDX)
+    )
     by_pop = Window.partitionBy(COL_CLUSTER).orderBy(F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc())
     top_items = (
         in_cluster.withColumn("_r", F.row_number().over(by_pop))
@@ -144,12 +149,17 @@ def cluster_candidates(
         .where(F.col("_r") <= 3 * m)
         .select(COL_CLUSTER, COL_ITEM_IDX, (F.col(COL_SCORE) / F.col("_max")).alias("_pop"))
     )
-    scores = (
-        fav.join(top_items, COL_CLUSTER)
-        .select(COL_USER_IDX, COL_ITEM_IDX, (F.col(COL_SHARE) * F.col("_pop")).alias(COL_SCORE))
-        .join(seen.select(COL_USER_IDX, COL_ITEM_IDX), [COL_USER_IDX, COL_ITEM_IDX], "left_anti")
+    # one sparse product per batch of users (fav: weights over clusters, top_items: the matrix), not a
+    # join of users x favourite clusters x items (450M rows at 20M interactions)
+    return weighted_scores(
+        fav,
+        top_items,
+        seen.select(COL_USER_IDX, COL_ITEM_IDX),
+        m,
+        col_key=COL_CLUSTER,
+        col_weight=COL_SHARE,
+        col_value="_pop",
     )
-    return top_per_user(scores, m)
 
 
 def cluster_backfill(

@@ -547,7 +547,16 @@ def _named(df: DataFrame, col_id: str, col_neighbor: str) -> DataFrame:
 # with scipy, drops excluded items by a sparse mask, and keeps each user's top K: a partition finds each
 # row's K-th score, and only the entries at or above it are sorted (at 20M interactions a batch of
 # 10,000 users holds 12M scored entries, of which 1.1M survive the floors).
-_KEY, _WEIGHT, _ITEM, _VALUE = "_key", "_w", "_item", "_value"
+_KEY, _WEIGHT, _ITEM, _VALUE, _EXCLUDED = "_key", "_w", "_item", "_value", "_excluded"
+
+
+def _len(x: object) -> int:
+    return 0 if x is None else len(x)  # type: ignore[arg-type]
+
+
+def _flat(lists: pd.Series, dtype: type) -> np.ndarray:
+    """The concatenation of a column of lists (None: empty)."""
+    return np.concatenate([np.zeros(0, dtype), *(np.asarray(x, dtype) for x in lists if x is not None)])
 
 
 def _csr(keys: np.ndarray, items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -578,14 +587,15 @@ def _vote_topk(
     *,
     col_user: str,
     col_item: str,
-    exclude: Literal["keys", "own_row"],
+    exclude: Literal["keys", "own_row"] | DataFrame,
     normalize: bool,
     col_anchor: str | None = None,
 ) -> DataFrame:
     """``score(u, i) = sum_j w(u, j) M(j, i)`` for every user of ``weights`` ``(col_user, _key,
     _w)``, with ``M`` from ``matrix`` ``(_key, col_item, _value)``. Excluded: the user's keys
     (``"keys"``: the keys are items; a key of weight 0 is excluded without voting) or the user's own
-    row of ``M`` (``"own_row"``: the keys are users). ``normalize`` divides by ``sum_j |w(u, j)|``.
+    row of ``M`` (``"own_row"``: the keys are users) or the user's items in a ``(col_user, col_item)``
+    frame (users missing from ``weights`` are ignored). ``normalize`` divides by ``sum_j |w(u, j)|``.
     Top ``k`` per user by score, ties to the smaller item, nonzero scores only. Sums run in float64 in
     key order: a re-run gives the same bits. ``col_anchor`` adds the key whose vote ``w(u, j) M(j, i)``
     is the largest (ties: the smaller key)."""
@@ -615,6 +625,8 @@ def _vote_topk(
     if col_anchor:
         np_types[col_anchor] = _arrow_int(matrix.schema[_KEY].dataType, _KEY).to_pandas_dtype()
 
+    mode = "list" if isinstance(exclude, DataFrame) else exclude
+
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from scipy import sparse
 
@@ -627,14 +639,17 @@ def _vote_topk(
             b = len(pdf)
             lens = pdf[_KEY].map(len).to_numpy()
             rows = np.repeat(np.arange(b), lens)
-            keys = np.concatenate([np.zeros(0, np.int64), *(np.asarray(x, np.int64) for x in pdf[_KEY])])
-            w = np.concatenate([np.zeros(0), *(np.asarray(x, np.float64) for x in pdf[_WEIGHT])])
+            keys, w = _flat(pdf[_KEY], np.int64), _flat(pdf[_WEIGHT], np.float64)
             pos, hit = _lookup(kid, keys)
             hit &= w != 0
             votes = sparse.csr_matrix((w[hit], (rows[hit], pos[hit])), shape=(b, len(kid))) @ m
-            if exclude == "keys":
-                ex_c, ok = _lookup(iid, keys)
-                excluded = sparse.csr_matrix((np.ones(ok.sum()), (rows[ok], ex_c[ok])), shape=votes.shape)
+            if mode != "own_row":  # the keys or the listed items
+                ex_rows, ex_items = rows, keys
+                if mode == "list":
+                    ex_rows = np.repeat(np.arange(b), pdf[_EXCLUDED].map(_len).to_numpy())
+                    ex_items = _flat(pdf[_EXCLUDED], np.int64)
+                ex_c, ok = _lookup(iid, ex_items)
+                excluded = sparse.csr_matrix((np.ones(ok.sum()), (ex_rows[ok], ex_c[ok])), shape=votes.shape)
             else:
                 upos, ok = _lookup(kid, pdf[col_user].to_numpy(np.int64))
                 own = m[upos[ok]].tocoo()  # each user's own row of M
@@ -677,6 +692,9 @@ def _vote_topk(
     pairs = F.struct(F.col(_KEY).cast("long").alias("k"), F.col(_WEIGHT).cast("double").alias("w"))
     grouped = weights.groupBy(col_user).agg(F.array_sort(F.collect_list(pairs)).alias("_kw"))
     lists = grouped.select(col_user, F.col("_kw.k").alias(_KEY), F.col("_kw.w").alias(_WEIGHT))
+    if isinstance(exclude, DataFrame):
+        ex = exclude.groupBy(col_user).agg(F.collect_list(F.col(col_item).cast("long")).alias(_EXCLUDED))
+        lists = lists.join(ex, col_user, "left")
     return lists.mapInPandas(score, out)
 
 
@@ -710,6 +728,36 @@ def _anchors(
     anchor = np.full(len(cells), np.iinfo(np.int64).max)
     np.minimum.at(anchor, cell[top], key[top])
     return anchor
+
+
+def weighted_scores(
+    weights: DataFrame,
+    matrix: DataFrame,
+    exclude: DataFrame,
+    k: int,
+    *,
+    col_key: str,
+    col_weight: str,
+    col_value: str,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+) -> DataFrame:
+    """``score(u, i) = sum_j w(u, j) M(j, i)``, the user's ``exclude`` items left out, top ``k`` per
+    user by score (ties: the smaller item), nonzero scores only: ``(col_user, col_item, score, rank)``.
+    ``weights``: ``(col_user, col_key, col_weight)``; ``matrix``: ``(col_key, col_item, col_value)``,
+    broadcast (it must fit the driver and each worker); ``exclude``: ``(col_user, col_item)``."""
+    require_columns(weights, [col_user, col_key, col_weight], "weights")
+    require_columns(matrix, [col_key, col_item, col_value], "matrix")
+    require_columns(exclude, [col_user, col_item], "exclude")
+    return _vote_topk(
+        weights.select(col_user, F.col(col_key).alias(_KEY), F.col(col_weight).alias(_WEIGHT)),
+        matrix.select(F.col(col_key).alias(_KEY), col_item, F.col(col_value).alias(_VALUE)),
+        k,
+        col_user=col_user,
+        col_item=col_item,
+        exclude=exclude,
+        normalize=False,
+    )
 
 
 def item_based_scores(

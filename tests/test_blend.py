@@ -370,3 +370,43 @@ def test_cluster_candidates_match_a_reference_on_random_data(spark: SparkSession
         assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+def test_cluster_backfill_matches_a_reference_on_random_data(spark: SparkSession) -> None:
+    """Several Arrow batches, popularity ties, items without a cluster or without popularity, users
+    without history, repeated views, users who have seen most of a cluster."""
+    rng = np.random.default_rng(8)
+    n_users, n_items, per_cluster = 90, 70, 3
+    ic = pd.DataFrame(
+        {"item_idx": np.arange(n_items, dtype="int32"), "cluster_id": rng.integers(0, 5, n_items)}
+    )
+    ic["cluster_id"] = ic.cluster_id.where(ic.item_idx % 13 != 4).astype("Int32")
+    pop = pd.DataFrame({"item_idx": np.arange(0, n_items, 2, dtype="int32")})
+    pop["score"] = rng.integers(1, 4, len(pop)) * 1.0
+    seen = pd.DataFrame(
+        {"user_idx": rng.integers(0, n_users - 10, 1500), "item_idx": rng.integers(0, n_items, 1500)}
+    ).astype("int32")
+    heavy = ic[ic.cluster_id == 0].item_idx.to_numpy()[1:]  # user 0 leaves one item of cluster 0 unseen
+    seen = pd.concat([seen, pd.DataFrame({"user_idx": 0, "item_idx": heavy}).astype("int32")])
+    users = pd.DataFrame({"user_idx": np.arange(n_users, dtype="int32")})
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
+    try:
+        got = B.cluster_backfill(
+            spark.createDataFrame(ic, "item_idx int, cluster_id int"),
+            spark.createDataFrame(pop),
+            spark.createDataFrame(users),
+            spark.createDataFrame(seen),
+            per_cluster,
+        )
+        cat = ic.dropna().merge(pop, on="item_idx", how="left").fillna({"score": 0.0})
+        cand = users.merge(cat, how="cross").merge(seen.drop_duplicates(), how="left", indicator=True)
+        cand = cand[cand._merge == "left_only"].sort_values(["score", "item_idx"], ascending=[False, True])
+        cand = cand.groupby(["user_idx", "cluster_id"]).head(per_cluster)
+        cand = cand.sort_values(["user_idx", "score", "item_idx"], ascending=[True, False, True])
+        cand["rank"] = (cand.groupby("user_idx").cumcount() + 1).astype("int32")
+        want = cand[["user_idx", "item_idx", "score", "rank"]]
+        # some user has a cluster with fewer than per_cluster unseen items left
+        assert (cand.groupby(["user_idx", "cluster_id"]).size() < per_cluster).any()
+        assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")

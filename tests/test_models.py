@@ -150,6 +150,16 @@ def test_topk_from_item_scores(spark: SparkSession) -> None:
         (3, 20, 7.0, 1), (3, 10, 5.0, 2), (3, 30, 5.0, 3),
     ]  # fmt: skip
     assertDataFrameEqual(topk_from_item_scores(scores, users, 3, seen), spark.createDataFrame(expected, RECS))
+    # without seen items every user gets the global top 3; user 3 has seen all but two items
+    top3 = [(20, 7.0, 1), (10, 5.0, 2), (30, 5.0, 3)]
+    expected = [(u, *r) for u in (1, 2, 3) for r in top3]
+    assertDataFrameEqual(topk_from_item_scores(scores, users, 3), spark.createDataFrame(expected, RECS))
+    most = spark.createDataFrame([(3, i) for i in (10, 20, 30)], PAIRS)
+    short = [(3, 50, 5.0, 1), (3, 40, 1.0, 2)]
+    assertDataFrameEqual(
+        topk_from_item_scores(scores, users.where("user_idx = 3"), 3, most),
+        spark.createDataFrame(short, RECS),
+    )
 
 
 # --- baselines --------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from watchnext.checks import require_columns
 from watchnext.constants import (
@@ -55,8 +54,8 @@ from watchnext.constants import (
     COL_SOURCES,
     COL_USER_IDX,
 )
-from watchnext.models.similarity import _flat, _len, _lookup, item_based_scores, weighted_scores
-from watchnext.models.topk import _arrow_int
+from watchnext.models.similarity import item_based_scores, weighted_scores
+from watchnext.models.topk import top_unseen
 
 log = logging.getLogger(__name__)
 
@@ -171,89 +170,16 @@ def cluster_backfill(
     only where the user has seen the rest of the cluster): with them in the pool a top-N respects the
     cluster cap whenever the catalogue allows. Ranked per user by popularity (ties: the smaller item).
 
-    Linear in the interactions: a user needs at most ``seen(u, c) + per_cluster`` of a cluster's items
-    in popularity order. The catalogue's clustered items (item-sized) are broadcast in that order, and
-    each batch of users takes those positions in numpy, drops its seen items and keeps the first
-    ``per_cluster`` per cluster: no users x items, and no per-position rows through a shuffle."""
-    if per_cluster < 1:
-        raise ValueError(f"per_cluster must be >= 1, got {per_cluster}")
+    Linear in the interactions (:func:`~watchnext.models.topk.top_unseen`, one group per cluster): a
+    user needs at most ``seen(u, c) + per_cluster`` of a cluster's items in popularity order."""
     require_columns(item_clusters, [COL_ITEM_IDX, COL_CLUSTER], "item_clusters")
-    require_columns(seen, [COL_USER_IDX, COL_ITEM_IDX], "seen")
-    # An item-sized driver collect: every clustered item by (cluster, popularity desc, item).
     catalogue = (
         item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)
         .where(F.col(COL_CLUSTER).isNotNull())
         .join(popularity.select(COL_ITEM_IDX, COL_SCORE), COL_ITEM_IDX, "left")
         .fillna(0.0, [COL_SCORE])
-        .orderBy(COL_CLUSTER, F.col(COL_SCORE).desc(), COL_ITEM_IDX)
-        .toPandas()
     )
-    items = catalogue[COL_ITEM_IDX].to_numpy(np.int64)
-    if len(np.unique(items)) < len(items):
-        raise ValueError("item_clusters assigns an item to more than one cluster")
-    cluster = catalogue[COL_CLUSTER].to_numpy(np.int64)
-    starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]]) if len(items) else np.zeros(0, np.int64)
-    by_item = np.argsort(items, kind="stable")
-    bc = users.sparkSession.sparkContext.broadcast(
-        (items, catalogue[COL_SCORE].to_numpy(np.float64), starts, items[by_item], by_item)
-    )
-    user_type = users.schema[COL_USER_IDX].dataType
-    item_type = item_clusters.schema[COL_ITEM_IDX].dataType
-    out = T.StructType(
-        [
-            T.StructField(COL_USER_IDX, user_type, False),
-            T.StructField(COL_ITEM_IDX, item_type, False),
-            T.StructField(COL_SCORE, T.DoubleType(), False),
-            T.StructField(COL_RANK, T.IntegerType(), False),
-        ]
-    )
-    np_types = {
-        COL_USER_IDX: _arrow_int(user_type, COL_USER_IDX).to_pandas_dtype(),
-        COL_ITEM_IDX: _arrow_int(item_type, COL_ITEM_IDX).to_pandas_dtype(),
-    }
-
-    def fill(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        items, scores, starts, sorted_items, by_item = bc.value
-        n, n_clusters = len(items), len(starts)
-        sizes = np.diff(np.r_[starts, n])
-        for pdf in batches:
-            b = len(pdf)
-            if not b or not n:
-                continue
-            # the seen items' positions in the catalogue order, one per (user, item)
-            lens = pdf["_seen"].map(_len).to_numpy()
-            found, ok = _lookup(sorted_items, _flat(pdf["_seen"], np.int64))
-            seen_keys = np.unique(np.repeat(np.arange(b, dtype=np.int64), lens)[ok] * n + by_item[found[ok]])
-            seen_row, seen_pos = np.divmod(seen_keys, n)
-            per_uc = np.zeros((b, n_clusters), np.int64)
-            np.add.at(per_uc, (seen_row, np.searchsorted(starts, seen_pos, side="right") - 1), 1)
-            # the first seen(u, c) + per_cluster positions of every cluster, unseen ones kept
-            depth = np.minimum(per_uc + per_cluster, sizes[None, :]).ravel()
-            group = np.repeat(np.arange(b * n_clusters, dtype=np.int64), depth)
-            offset = np.arange(len(group)) - np.repeat(np.cumsum(depth) - depth, depth)
-            row, pos = group // n_clusters, starts[group % n_clusters] + offset
-            keep = ~_lookup(seen_keys, row * n + pos)[1]  # seen_keys: sorted, unique
-            group, row, pos = group[keep], row[keep], pos[keep]
-            first = np.arange(len(group)) - np.searchsorted(group, group) < per_cluster
-            row, pos = row[first], pos[first]
-            order = np.lexsort((items[pos], -scores[pos], row))
-            row, pos = row[order], pos[order]
-            rank = np.arange(len(row)) - np.searchsorted(row, row) + 1
-            frame = pd.DataFrame(
-                {
-                    COL_USER_IDX: pdf[COL_USER_IDX].to_numpy()[row],
-                    COL_ITEM_IDX: items[pos],
-                    COL_SCORE: scores[pos],
-                    COL_RANK: rank.astype(np.int32),
-                }
-            )
-            yield frame.astype(np_types)
-
-    seen_lists = seen.groupBy(COL_USER_IDX).agg(
-        F.collect_list(F.col(COL_ITEM_IDX).cast("long")).alias("_seen")
-    )
-    lists = users.select(COL_USER_IDX).distinct().join(seen_lists, COL_USER_IDX, "left")
-    return lists.mapInPandas(fill, out)
+    return top_unseen(catalogue, users, per_cluster, seen, col_group=COL_CLUSTER)
 
 
 def pool(

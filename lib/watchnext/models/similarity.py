@@ -59,7 +59,7 @@ from watchnext.constants import (
     COL_TIMESTAMP,
     COL_USER_IDX,
 )
-from watchnext.models.topk import _arrow_int, top_positions
+from watchnext.models.topk import _arrow_int, _flat, _len, _lookup, top_positions
 
 log = logging.getLogger(__name__)
 
@@ -550,15 +550,6 @@ def _named(df: DataFrame, col_id: str, col_neighbor: str) -> DataFrame:
 _KEY, _WEIGHT, _ITEM, _VALUE, _EXCLUDED = "_key", "_w", "_item", "_value", "_excluded"
 
 
-def _len(x: object) -> int:
-    return 0 if x is None else len(x)  # type: ignore[arg-type]
-
-
-def _flat(lists: pd.Series, dtype: type) -> np.ndarray:
-    """The concatenation of a column of lists (None: empty)."""
-    return np.concatenate([np.zeros(0, dtype), *(np.asarray(x, dtype) for x in lists if x is not None)])
-
-
 def _csr(keys: np.ndarray, items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
     """Triples -> ``(key ids, indptr, column of each entry, values, item ids)``: a CSR matrix of
     ``len(key ids)`` rows (sorted keys) by ``len(item ids)`` columns (sorted items)."""
@@ -570,14 +561,6 @@ def _csr(keys: np.ndarray, items: np.ndarray, values: np.ndarray) -> tuple[np.nd
     item_ids = np.unique(items)
     indptr = np.append(starts, len(keys)).astype(np.int64)
     return key_ids, indptr, np.searchsorted(item_ids, items).astype(np.int32), values, item_ids
-
-
-def _lookup(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``x`` in the sorted ``ids`` and whether each is there."""
-    if not len(ids):
-        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
-    pos = np.minimum(np.searchsorted(ids, x), len(ids) - 1)
-    return pos, ids[pos] == x
 
 
 def _vote_topk(

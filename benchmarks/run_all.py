@@ -70,6 +70,7 @@ SIZES: dict[str, tuple[list[str], list[str]]] = {
         ["--users", "5000", "--lookups", "200", "--spark-lookups", "5", "--cli-runs", "1"],
     ),
     "bench_synthetic": (["--interactions", "1000000"], ["--quick"]),
+    "bench_blend": (["--users", "20000", "--repeats", "1"], ["--quick"]),
 }
 # bench_serving takes its JSON path as --json, the others as --out.
 OUT_FLAG = {"bench_serving": "--json"}
@@ -225,6 +226,11 @@ def rows(res: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
         add("bench_synthetic", f"synthetic generator ({g['interactions']:,} rows to noop)", g["drain_s"],
             "Spark-only rows of the same shape", g["spark_only_s"], "",
             f"{g['rows_per_s']:,.0f} rows/s")  # fmt: skip
+    if b := res.get("bench_blend"):
+        add("bench_blend", f"candidate pool to capped top-10 ({b['candidate_rows']:,} rows, "
+            f"{b['users']:,} users), `rank_candidates`", b["ours_s"],
+            "Spark windows + `groupBy(user, item)` (the code before)", b["reference_s"], "",
+            f"{b['differing_rows']} of {b['top_rows']:,} top-N rows differ")  # fmt: skip
     return out
 
 

@@ -11,6 +11,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from blend_reference import spark_reference_ranking
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.models import blend as B
 
@@ -410,3 +411,56 @@ def test_cluster_backfill_matches_a_reference_on_random_data(spark: SparkSession
         assertDataFrameEqual(got, spark.createDataFrame(want, got.schema))
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+@pytest.mark.parametrize("normalization", ["rank", "minmax"])
+def test_rank_candidates_matches_the_spark_windows_on_random_data(
+    spark: SparkSession, normalization: str
+) -> None:
+    """Random candidates of four sources, backfill and an unconfigured one (ignored), tied scores,
+    anchors with nulls, cold users by count (some users without one), items without a cluster; more
+    rows than one Arrow batch and several partitions: every scored row, its rank and its reason as
+    the Spark windows had them."""
+    rng = np.random.default_rng(11)
+    sources = ["als", "item", "cluster", "popular"]
+    n_users, n_items, m = 150, 90, 12
+    rows = []
+    for u in range(n_users):
+        for s in [*sources, "backfill", "ncf"]:
+            items = rng.choice(n_items, size=rng.integers(0, m + 1), replace=False)
+            scores = np.sort(rng.choice([0.1, 0.2, 0.4, 0.4, 0.8, 1.5], size=len(items)))[::-1]
+            for r, (i, sc) in enumerate(zip(items, scores, strict=True)):
+                anchor = int(rng.integers(0, n_items)) if s == "item" and rng.random() < 0.8 else None
+                rows.append((u, int(i), s, float(sc), r + 1, anchor))
+    cand = spark.createDataFrame(rows, CAND)
+    popularity = spark.createDataFrame(
+        [(i, float(rng.integers(1, 50))) for i in range(0, n_items, 2)], "item_idx int, score double"
+    )
+    counts = spark.createDataFrame(
+        [(u, int(rng.integers(0, 8))) for u in range(0, n_users, 3)] + [(n_users + 5, 1)],
+        "user_idx int, count long",
+    )
+    clusters = [(i, None if i % 9 == 0 else int(rng.integers(0, 5))) for i in range(n_items)]
+    item_clusters = spark.createDataFrame(clusters, "item_idx int, cluster_id int")
+    w = {"als": 1.0, "item": 0.6, "cluster": 0.3, "popular": 0.3}
+    cold_w = {"cluster": 1.0, "popular": 0.5}
+    args = (sources, m, normalization)
+    got = B.rank_candidates(
+        cand, *args, w, item_clusters, 10, 2, popularity=popularity, counts=counts, cold_threshold=4,
+        cold_weights=cold_w, partitions=3,
+    )  # fmt: skip
+    expected = spark_reference_ranking(
+        cand,
+        *args,
+        popularity,
+        counts.withColumnRenamed("count", "count"),
+        4,
+        w,
+        cold_w,
+        item_clusters,
+        10,
+        2,
+    )
+    assertDataFrameEqual(got, expected.select(*got.columns))
+    per_user = got.where("rank is not null").groupBy("user_idx").count().toPandas()
+    assert (per_user["count"] <= 10).all() and (per_user["count"] == 10).any()

@@ -29,19 +29,27 @@ the ranking); the N best eligible items win, and only when a user has fewer than
 the best ineligible ones taken, so no list is short while the pool has N items (the ``backfill``
 source makes that a corner case: a user who has seen nearly every item). Ties go to the smaller item
 id.
+
+**How.** :func:`rank_candidates` does pool, blend and top N after one shuffle of the candidates by
+user (the users' interaction counts, for the cold flag, travel in the same shuffle as extra rows):
+each partition is read whole and ranked in numpy, with the item-sized popularity and clusters
+broadcast. :func:`pool`, :func:`blend` and :func:`select_top_n` are the same steps one at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, Window
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from watchnext.checks import require_columns
 from watchnext.constants import (
@@ -55,7 +63,7 @@ from watchnext.constants import (
     COL_USER_IDX,
 )
 from watchnext.models.similarity import item_based_scores, weighted_scores
-from watchnext.models.topk import top_unseen
+from watchnext.models.topk import _lookup, top_unseen
 
 log = logging.getLogger(__name__)
 
@@ -182,79 +190,326 @@ def cluster_backfill(
     return top_unseen(catalogue, users, per_cluster, seen, col_group=COL_CLUSTER)
 
 
+# ------------------------------------------------------------------------ pool, blend and top N
+# Each step runs in numpy on whole partitions of a DataFrame shuffled once by user; together in
+# rank_candidates. As Spark windows and a (user, item) aggregate they sorted the ~350M candidate rows
+# of a 20M-interaction run four times and built a collect_set object per row.
+_COUNT = -1  # source code of the per-user interaction-count rows shuffled with the candidates
+_CODE = "_code"
+_N = "count"
+_OUT_ROWS = 65_536  # rows per output Arrow batch
+
+
+def _check_sources(sources: Sequence[str]) -> None:
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown candidate sources {sorted(unknown)}; known: {', '.join(SOURCES)}")
+
+
+def _starts(*keys: np.ndarray) -> np.ndarray:
+    """True where a run of equal keys begins (arrays sorted by those keys)."""
+    new = np.zeros(len(keys[0]), bool)
+    if len(new):
+        new[0] = True
+        for key in keys:
+            new[1:] |= key[1:] != key[:-1]
+    return new
+
+
+def _position(new: np.ndarray) -> np.ndarray:
+    """0-based position of each row within its run (``new``: :func:`_starts`)."""
+    return np.arange(len(new)) - np.flatnonzero(new)[np.cumsum(new) - 1]
+
+
+def _capped_rank(
+    user: np.ndarray, item: np.ndarray, score: np.ndarray, group: np.ndarray, n: int, cap: int | None
+) -> np.ndarray:
+    """Per row, its rank 1..n in the user's capped top ``n`` (module docstring), 0 when not chosen;
+    ``group``: the row's cluster (``-1 - item`` for an item without one)."""
+    size = len(user)
+    rank = np.zeros(size, np.int32)
+    if not size:
+        return rank
+    order = np.lexsort((item, -score, user))  # within user: score desc, item asc
+    u, g = user[order], group[order]
+    ok = np.ones(size, bool)
+    if cap is not None:
+        by_group = np.lexsort((np.arange(size), g, u))  # stable: keeps the score order
+        ok[by_group] = _position(_starts(u[by_group], g[by_group])) < cap
+    pick = np.lexsort((np.arange(size), ~ok, u))  # eligible first, each part in score order
+    chosen = np.sort(pick[_position(_starts(u[pick])) < n])  # back to score order
+    rank[order[chosen]] = _position(_starts(u[chosen])) + 1
+    return rank
+
+
+def _np(t: pa.Table, name: str, dtype: type, null: object = None) -> np.ndarray:
+    col = t.column(name)
+    if null is not None:
+        col = pc.fill_null(col, null)
+    return col.to_numpy().astype(dtype, copy=False)
+
+
+def _pool_table(
+    t: pa.Table,
+    sources: Sequence[str],
+    m: int,
+    normalization: Normalization,
+    prior: tuple[np.ndarray, np.ndarray] | None,
+    cold_threshold: int | None,
+) -> pa.Table:
+    """Candidate rows ``(user_idx, item_idx, _code, score, rank, anchor_idx)`` (``_code``: the
+    source's position in ``sources``, ``len(sources)`` for backfill, ``_COUNT`` for a row holding the
+    user's interaction count in ``score``) -> the pool, one row per (user, item) (:func:`pool`), with
+    ``cold`` when ``cold_threshold`` is given."""
+    n_src = len(sources)
+    user, item = _np(t, COL_USER_IDX, np.int64), _np(t, COL_ITEM_IDX, np.int64)
+    code, score = _np(t, _CODE, np.int64), _np(t, COL_SCORE, np.float64)
+    counted = code == _COUNT
+    count_user, count = user[counted], score[counted]
+    keep = ~counted
+    user, item, code, score = user[keep], item[keep], code[keep], score[keep]
+    rank = _np(t, COL_RANK, np.int64, 0)[keep]
+    anchor = _np(t, COL_ANCHOR_IDX, np.int64, -1)[keep]
+    if normalization == "rank":
+        f = (m + 1 - rank).astype(np.float64) / float(m)
+    else:  # min-max over the user's candidates of the source
+        by = np.lexsort((code, user))
+        new = _starts(user[by], code[by])
+        run = np.empty(len(by), np.int64)
+        run[by] = np.cumsum(new) - 1
+        first = np.flatnonzero(new)
+        lo = np.minimum.reduceat(score[by], first)[run] if len(by) else score
+        hi = np.maximum.reduceat(score[by], first)[run] if len(by) else score
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(hi > lo, (score - lo) / (hi - lo), 1.0)
+    by = np.lexsort((item, user))
+    new = _starts(user[by], item[by])
+    pair = np.empty(len(by), np.int64)
+    pair[by] = np.cumsum(new) - 1
+    n_pairs = int(new.sum())
+    feats = np.full((n_pairs, n_src + 1), -np.inf)
+    np.maximum.at(feats, (pair, code), f)
+    present = np.zeros((n_pairs, n_src + 1), bool)
+    present[pair, code] = True
+    feats = np.where(present, feats, 0.0)
+    anchors = np.full(n_pairs, -1, np.int64)
+    np.maximum.at(anchors, pair, anchor)
+    p_user, p_item = user[by][new], item[by][new]
+    names = np.asarray([*sources, BACKFILL])
+    alpha = np.argsort(names, kind="stable")  # each pool row's sources, sorted by name
+    rows, cols = np.nonzero(present[:, alpha])
+    offsets = np.r_[0, np.cumsum(np.bincount(rows, minlength=n_pairs))].astype(np.int32)
+    out = {
+        COL_USER_IDX: pa.array(p_user, pa.int32()),
+        COL_ITEM_IDX: pa.array(p_item, pa.int32()),
+        **{feature(s): pa.array(feats[:, j]) for j, s in enumerate(sources)},
+        COL_SOURCES: pa.ListArray.from_arrays(pa.array(offsets), pa.array(names[alpha][cols])),
+        COL_ANCHOR_IDX: pa.array(anchors, pa.int32(), mask=anchors < 0),
+        COL_PRIOR: pa.array(_at(*prior, p_item) if prior is not None else np.zeros(n_pairs)),
+    }
+    if cold_threshold is not None:
+        order = np.argsort(count_user, kind="stable")
+        out[COL_COLD] = pa.array(_at(count_user[order], count[order], p_user) < cold_threshold)
+    return pa.table(out)
+
+
+def _at(keys: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``values`` of the sorted ``keys`` at ``x``, 0 where absent."""
+    pos, hit = _lookup(keys, x)
+    return np.where(hit, values[pos] if len(values) else 0.0, 0.0)
+
+
+def _weights(weights: Mapping[str, float], sources: Sequence[str]) -> np.ndarray:
+    return np.array([float(weights.get(s, 0.0)) for s in sources])
+
+
+def _blend_table(
+    t: pa.Table,
+    sources: Sequence[str],
+    weights: Mapping[str, float],
+    cold_weights: Mapping[str, float] | None,
+) -> pa.Table:
+    """``t`` plus ``score`` and ``dominant`` (:func:`blend`)."""
+    feats = np.column_stack([_np(t, feature(s), np.float64) for s in sources] or [np.zeros(t.num_rows)])
+    prior = _np(t, COL_PRIOR, np.float64)
+    ordered = [s for s in SOURCES if s in sources]  # the dominant source's tie order
+    at = [list(sources).index(s) for s in ordered]
+
+    def score_and_dominant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score = w[0] * feats[:, 0] if len(w) else np.zeros(t.num_rows)
+        for j in range(1, len(w)):  # summed left to right, like the Spark expression it replaced
+            score = score + w[j] * feats[:, j]
+        score = score + BACKFILL_EPS * prior
+        contrib = feats[:, at] * w[at] if at else np.zeros((t.num_rows, 0))
+        best = np.maximum(contrib.max(axis=1, initial=0.0), 0.0)
+        ok = (contrib >= best[:, None]) & (contrib > 0)
+        dom = np.where(ok.any(axis=1), ok.argmax(axis=1), len(ordered))
+        return score, dom
+
+    score, dom = score_and_dominant(_weights(weights, sources))
+    if cold_weights is not None and COL_COLD in t.column_names:
+        cold = _np(t, COL_COLD, bool)
+        c_score, c_dom = score_and_dominant(_weights(cold_weights, sources))
+        score, dom = np.where(cold, c_score, score), np.where(cold, c_dom, dom)
+    names = pa.array([*ordered, BACKFILL])
+    return t.append_column(COL_SCORE, pa.array(score)).append_column(COL_DOMINANT, names.take(dom))
+
+
+def _top_table(
+    t: pa.Table, clusters: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, cap: int | None, every: bool
+) -> pa.Table:
+    """``t`` plus ``cluster_id`` and ``rank`` in the capped top ``n`` (:func:`select_top_n`): only the
+    chosen rows, or ``every`` row with ``rank`` null where not chosen."""
+    item = _np(t, COL_ITEM_IDX, np.int64)
+    ids, values, has = clusters
+    pos, hit = _lookup(ids, item)
+    hit &= has[pos] if len(has) else hit
+    cluster = np.where(hit, values[pos] if len(values) else 0, 0)
+    group = np.where(hit, cluster, -1 - item)
+    rank = _capped_rank(_np(t, COL_USER_IDX, np.int64), item, _np(t, COL_SCORE, np.float64), group, n, cap)
+    cluster_col = pa.array(cluster, mask=~hit)
+    if every:
+        out = t.append_column(COL_CLUSTER, cluster_col)
+        return out.append_column(COL_RANK, pa.array(rank, pa.int32(), mask=rank == 0))
+    chosen = np.flatnonzero(rank)
+    out = t.take(chosen).append_column(COL_CLUSTER, cluster_col.take(chosen))
+    return out.append_column(COL_RANK, pa.array(rank[chosen], pa.int32()))
+
+
+def _per_partition(step, schema: pa.Schema):  # type: ignore[no-untyped-def]
+    """A ``mapInArrow`` function applying ``step`` (``pa.Table -> pa.Table``) to its whole partition,
+    so every user's rows are together when the input is partitioned by user."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if parts:
+            out = step(pa.Table.from_batches(parts)).select(schema.names).cast(schema)
+            yield from out.to_batches(max_chunksize=_OUT_ROWS)
+
+    return run
+
+
+def _arrow_schema(schema: T.StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema)
+
+
+def _pool_fields(sources: Sequence[str], cold: bool) -> list[T.StructField]:
+    return [
+        T.StructField(COL_USER_IDX, T.IntegerType(), False),
+        T.StructField(COL_ITEM_IDX, T.IntegerType(), False),
+        *[T.StructField(feature(s), T.DoubleType(), False) for s in sources],
+        T.StructField(COL_SOURCES, T.ArrayType(T.StringType(), False), False),
+        T.StructField(COL_ANCHOR_IDX, T.IntegerType(), True),
+        T.StructField(COL_PRIOR, T.DoubleType(), False),
+        *([T.StructField(COL_COLD, T.BooleanType(), False)] if cold else []),
+    ]
+
+
+def _blend_fields() -> list[T.StructField]:
+    return [
+        T.StructField(COL_SCORE, T.DoubleType(), False),
+        T.StructField(COL_DOMINANT, T.StringType(), False),
+    ]
+
+
+def _top_fields(item_clusters: DataFrame, every: bool) -> list[T.StructField]:
+    return [
+        T.StructField(COL_CLUSTER, item_clusters.schema[COL_CLUSTER].dataType, True),
+        T.StructField(COL_RANK, T.IntegerType(), every),
+    ]
+
+
+def _prior(popularity: DataFrame | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``popularity`` ``(item_idx, score)`` over its maximum, by item id (item-sized: collected)."""
+    if popularity is None:
+        return None
+    pdf = popularity.select(F.col(COL_ITEM_IDX).cast("long"), F.col(COL_SCORE).cast("double")).toPandas()
+    pdf = pdf.dropna().sort_values(COL_ITEM_IDX)
+    score = pdf[COL_SCORE].to_numpy(np.float64)
+    top = score.max() if len(score) else 0.0
+    return pdf[COL_ITEM_IDX].to_numpy(np.int64), (score / top if top > 0 else np.zeros(len(score)))
+
+
+def _clusters(item_clusters: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``item_clusters`` by item id: ids, cluster ids, whether the item has one (item-sized)."""
+    require_columns(item_clusters, [COL_ITEM_IDX, COL_CLUSTER], "item_clusters")
+    pdf = item_clusters.select(F.col(COL_ITEM_IDX).cast("long"), COL_CLUSTER).toPandas()
+    pdf = pdf.dropna(subset=[COL_ITEM_IDX]).sort_values(COL_ITEM_IDX)
+    if pdf[COL_ITEM_IDX].duplicated().any():
+        raise ValueError(f"item_clusters has more than one row for an item ({COL_ITEM_IDX})")
+    has = pdf[COL_CLUSTER].notna().to_numpy()
+    return pdf[COL_ITEM_IDX].to_numpy(np.int64), pdf[COL_CLUSTER].fillna(0).to_numpy(np.int64), has
+
+
+def _coded(candidates: DataFrame, sources: Sequence[str], counts: DataFrame | None) -> DataFrame:
+    """The configured sources' and backfill's candidate rows, the source as its code; with one row
+    per user of ``counts`` ``(user_idx, n)`` (code ``_COUNT``, the count in ``score``)."""
+    require_columns(
+        candidates,
+        [COL_USER_IDX, COL_ITEM_IDX, COL_SOURCE, COL_SCORE, COL_RANK, COL_ANCHOR_IDX],
+        "candidates",
+    )
+    names = [*sources, BACKFILL]
+    code = F.array_position(F.array(*[F.lit(s) for s in names]), F.col(COL_SOURCE)).cast("int") - 1
+    cols = [
+        F.col(COL_USER_IDX).cast("int").alias(COL_USER_IDX),
+        F.col(COL_ITEM_IDX).cast("int").alias(COL_ITEM_IDX),
+        code.alias(_CODE),
+        F.col(COL_SCORE).cast("double").alias(COL_SCORE),
+        F.col(COL_RANK).cast("int").alias(COL_RANK),
+        F.col(COL_ANCHOR_IDX).cast("int").alias(COL_ANCHOR_IDX),
+    ]
+    coded = candidates.where(F.col(COL_SOURCE).isin(names)).select(*cols)
+    if counts is None:
+        return coded
+    meta = counts.select(
+        F.col(COL_USER_IDX).cast("int").alias(COL_USER_IDX),
+        F.lit(0).alias(COL_ITEM_IDX),
+        F.lit(_COUNT).alias(_CODE),
+        F.col(_N).cast("double").alias(COL_SCORE),
+        F.lit(None).cast("int").alias(COL_RANK),
+        F.lit(None).cast("int").alias(COL_ANCHOR_IDX),
+    )
+    return coded.unionByName(meta)
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in ("rank", "minmax"):
+        raise ValueError(f"normalization must be 'rank' or 'minmax', got {normalization!r}")
+
+
+def _partitions(df: DataFrame, partitions: int | None) -> int:
+    return partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+
+
 def pool(
     candidates: DataFrame,
     sources: Sequence[str],
     m: int,
     normalization: Normalization = "rank",
     popularity: DataFrame | None = None,
+    *,
+    partitions: int | None = None,
 ) -> DataFrame:
     """One row per (user, item) proposed by any source (or by the internal ``backfill``):
     ``(user_idx, item_idx, f_<source> for each source, sources: array<string> sorted, anchor_idx,
     prior)`` (module docstring); ``prior`` is ``popularity`` ``(item_idx, score)`` over its maximum
-    (0 without it)."""
-    require_columns(
-        candidates,
-        [COL_USER_IDX, COL_ITEM_IDX, COL_SOURCE, COL_SCORE, COL_RANK, COL_ANCHOR_IDX],
-        "candidates",
-    )
-    unknown = set(sources) - set(SOURCES)
-    if unknown:
-        raise ValueError(f"unknown candidate sources {sorted(unknown)}; known: {', '.join(SOURCES)}")
-    if normalization == "rank":
-        f = (F.lit(m + 1) - F.col(COL_RANK)).cast("double") / F.lit(float(m))
-    elif normalization == "minmax":
-        w = Window.partitionBy(COL_USER_IDX, COL_SOURCE)
-        lo, hi = F.min(COL_SCORE).over(w), F.max(COL_SCORE).over(w)
-        f = F.when(hi > lo, (F.col(COL_SCORE) - lo) / (hi - lo)).otherwise(F.lit(1.0))
-    else:
-        raise ValueError(f"normalization must be 'rank' or 'minmax', got {normalization!r}")
-    # One shuffle, by user, for the per-user work that follows: the minmax window (user, source), the
-    # (user, item) aggregate and select_top_n's windows (user, cluster) and (user) are all clustered by
-    # user, so Spark reuses this partitioning instead of shuffling the pool again for each of them.
-    cand = (
-        candidates.where(F.col(COL_SOURCE).isin([*sources, BACKFILL]))
-        .repartition(COL_USER_IDX)
-        .withColumn("_f", f)
-    )
-    aggs = [F.max(F.when(F.col(COL_SOURCE) == s, F.col("_f"))).alias(feature(s)) for s in sources]
-    pooled = (
-        cand.groupBy(COL_USER_IDX, COL_ITEM_IDX)
-        .agg(
-            *aggs,
-            F.array_sort(F.collect_set(COL_SOURCE)).alias(COL_SOURCES),
-            F.max(COL_ANCHOR_IDX).alias(COL_ANCHOR_IDX),
-        )
-        .fillna(0.0, subset=[feature(s) for s in sources])
-    )
-    if popularity is None:
-        return pooled.withColumn(COL_PRIOR, F.lit(0.0))
-    top = popularity.agg(F.max(COL_SCORE).alias("_max"))
-    prior = popularity.crossJoin(F.broadcast(top)).select(
-        COL_ITEM_IDX, (F.col(COL_SCORE) / F.col("_max")).cast("double").alias(COL_PRIOR)
-    )
-    return (
-        pooled.join(F.broadcast(prior), COL_ITEM_IDX, "left")  # item-sized: the pool stays by user
-        .fillna(0.0, [COL_PRIOR])
-        .select(*pooled.columns, COL_PRIOR)
-    )
+    (0 without it). Partitioned by user (``partitions``, default the shuffle partitions)."""
+    _check_sources(sources)
+    _check_normalization(normalization)
+    prior = _prior(popularity)
+    fields = _pool_fields(sources, cold=False)
+    schema = T.StructType(fields)
 
+    def step(t: pa.Table) -> pa.Table:
+        return _pool_table(t, sources, m, normalization, prior, None)
 
-def _weighted(weights: Mapping[str, float], sources: Sequence[str]) -> Column:
-    terms = [F.lit(float(weights.get(s, 0.0))) * F.col(feature(s)) for s in sources]
-    terms.append(F.lit(BACKFILL_EPS) * F.col(COL_PRIOR))
-    return sum(terms[1:], terms[0])
-
-
-def _dominant(weights: Mapping[str, float], sources: Sequence[str]) -> Column:
-    """The source contributing most to the blended score (ties: the order of ``SOURCES``)."""
-    ordered = [s for s in SOURCES if s in sources]
-    best = F.greatest(*[F.lit(float(weights.get(s, 0.0))) * F.col(feature(s)) for s in ordered], F.lit(0.0))
-    expr = F.lit(BACKFILL)
-    for s in reversed(ordered):
-        contrib = F.lit(float(weights.get(s, 0.0))) * F.col(feature(s))
-        expr = F.when((contrib >= best) & (contrib > 0), F.lit(s)).otherwise(expr)
-    return expr
+    coded = _coded(candidates, sources, None)
+    return coded.repartition(_partitions(coded, partitions), COL_USER_IDX).mapInArrow(
+        _per_partition(step, _arrow_schema(schema)), schema
+    )
 
 
 def blend(
@@ -263,37 +518,87 @@ def blend(
     weights: Mapping[str, float],
     cold_weights: Mapping[str, float] | None = None,
 ) -> DataFrame:
-    """``pool_df`` plus ``score`` and ``dominant`` (the source behind the reason). Rows whose ``cold``
-    column is true use ``cold_weights`` (when given)."""
-    score, dom = _weighted(weights, sources), _dominant(weights, sources)
-    if cold_weights is not None and COL_COLD in pool_df.columns:
-        score = F.when(F.col(COL_COLD), _weighted(cold_weights, sources)).otherwise(score)
-        dom = F.when(F.col(COL_COLD), _dominant(cold_weights, sources)).otherwise(dom)
-    return pool_df.withColumn(COL_SCORE, score).withColumn(COL_DOMINANT, dom)
+    """``pool_df`` plus ``score`` and ``dominant`` (the source behind the reason; ties: the order of
+    ``SOURCES``). Rows whose ``cold`` column is true use ``cold_weights`` (when given). Row-wise: the
+    partitioning is kept."""
+    require_columns(pool_df, [*[feature(s) for s in sources], COL_PRIOR], "pool")
+    schema = T.StructType([*pool_df.schema.fields, *_blend_fields()])
+    arrow = _arrow_schema(schema)
+    weights, cold = dict(weights), dict(cold_weights) if cold_weights is not None else None
+
+    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            out = _blend_table(pa.Table.from_batches([b]), sources, weights, cold)
+            yield from out.select(arrow.names).cast(arrow).to_batches()
+
+    return pool_df.mapInArrow(step, schema)
 
 
 def select_top_n(
-    scored: DataFrame, item_clusters: DataFrame, n: int, max_per_cluster: int | None
+    scored: DataFrame,
+    item_clusters: DataFrame,
+    n: int,
+    max_per_cluster: int | None,
+    *,
+    partitions: int | None = None,
 ) -> DataFrame:
     """The top ``n`` per user of ``scored`` (``user_idx, item_idx, score, ...``) under the cluster cap
     (module docstring); adds ``cluster_id`` (null for an item without one: it is its own cluster) and
-    ``rank`` 1..n by score."""
+    ``rank`` 1..n by score. Shuffles ``scored`` by user: :func:`rank_candidates` does all three
+    steps after one shuffle."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     require_columns(scored, [COL_USER_IDX, COL_ITEM_IDX, COL_SCORE], "scored")
-    # item-sized: broadcast, so a pool partitioned by user stays so for the windows below
-    df = scored.join(F.broadcast(item_clusters.select(COL_ITEM_IDX, COL_CLUSTER)), COL_ITEM_IDX, "left")
-    by_score = [F.col(COL_SCORE).desc(), F.col(COL_ITEM_IDX).asc()]
-    if max_per_cluster is not None:
-        group = F.coalesce(F.col(COL_CLUSTER).cast("long"), -1 - F.col(COL_ITEM_IDX).cast("long"))
-        in_cluster = F.row_number().over(Window.partitionBy(COL_USER_IDX, group).orderBy(*by_score))
-        df = df.withColumn("_ok", in_cluster <= max_per_cluster)
-    else:
-        df = df.withColumn("_ok", F.lit(True))
-    pick = F.row_number().over(Window.partitionBy(COL_USER_IDX).orderBy(F.col("_ok").desc(), *by_score))
-    chosen = df.withColumn("_pick", pick).where(F.col("_pick") <= n).drop("_pick", "_ok")
-    rank = F.row_number().over(Window.partitionBy(COL_USER_IDX).orderBy(*by_score)).cast("int")
-    return chosen.withColumn(COL_RANK, rank)
+    clusters = _clusters(item_clusters)
+    schema = T.StructType([*scored.schema.fields, *_top_fields(item_clusters, every=False)])
+
+    def step(t: pa.Table) -> pa.Table:
+        return _top_table(t, clusters, n, max_per_cluster, every=False)
+
+    return scored.repartition(_partitions(scored, partitions), COL_USER_IDX).mapInArrow(
+        _per_partition(step, _arrow_schema(schema)), schema
+    )
+
+
+def rank_candidates(
+    candidates: DataFrame,
+    sources: Sequence[str],
+    m: int,
+    normalization: Normalization,
+    weights: Mapping[str, float],
+    item_clusters: DataFrame,
+    n: int,
+    max_per_cluster: int | None,
+    *,
+    popularity: DataFrame | None = None,
+    counts: DataFrame | None = None,
+    cold_threshold: int = 0,
+    cold_weights: Mapping[str, float] | None = None,
+    partitions: int | None = None,
+) -> DataFrame:
+    """:func:`pool`, ``cold``, :func:`blend` and :func:`select_top_n` after one shuffle of the
+    candidates by user: the scored pool, every row, with ``cluster_id`` and ``rank`` (1..n for the
+    user's top ``n``, null otherwise). ``cold``: the user has fewer than ``cold_threshold``
+    interactions in ``counts`` ``(user_idx, n)`` (none: 0)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _check_sources(sources)
+    _check_normalization(normalization)
+    prior, clusters = _prior(popularity), _clusters(item_clusters)
+    w, cold_w = dict(weights), dict(cold_weights) if cold_weights is not None else None
+    fields = [*_pool_fields(sources, cold=True), *_blend_fields(), *_top_fields(item_clusters, every=True)]
+    schema = T.StructType(fields)
+    if counts is not None:
+        require_columns(counts, [COL_USER_IDX, _N], "counts")
+
+    def step(t: pa.Table) -> pa.Table:
+        pooled = _pool_table(t, sources, m, normalization, prior, cold_threshold)
+        return _top_table(_blend_table(pooled, sources, w, cold_w), clusters, n, max_per_cluster, every=True)
+
+    coded = _coded(candidates, sources, counts)
+    return coded.repartition(_partitions(coded, partitions), COL_USER_IDX).mapInArrow(
+        _per_partition(step, _arrow_schema(schema)), schema
+    )
 
 
 # -------------------------------------------------------------------------------- weight tuning
@@ -343,34 +648,11 @@ class TuningData:
 def ndcg_at_k(data: TuningData, weights: Mapping[str, float], k: int, max_per_cluster: int | None) -> float:
     """Mean NDCG@k over ``data``'s users of the capped top-k of the blended score (the same rule as
     :func:`select_top_n`, and the evaluator's NDCG: binary relevance, IDCG over min(k, |held-out|))."""
-    w = np.array([float(weights.get(s, 0.0)) for s in data.sources])
-    score = data.features @ w + BACKFILL_EPS * data.prior
-    # order within user: score desc, item asc
-    order = np.lexsort((data.item, -score, data.user))
-    user, cluster = data.user[order], data.cluster[order]
-    ok = np.ones(len(order), dtype=bool)
-    if max_per_cluster is not None:
-        by_cluster = np.lexsort((np.arange(len(order)), cluster, user))  # stable: keeps score order
-        uc_u, uc_c = user[by_cluster], cluster[by_cluster]
-        start = np.r_[True, (uc_u[1:] != uc_u[:-1]) | (uc_c[1:] != uc_c[:-1])]
-        group_id = np.cumsum(start) - 1
-        first = np.flatnonzero(start)
-        pos_in_group = np.arange(len(order)) - first[group_id]
-        ok[by_cluster] = pos_in_group < max_per_cluster
-    # chosen = top-k per user by (ok desc, score order)
-    pick_order = np.lexsort((np.arange(len(order)), ~ok, user))
-    pu = user[pick_order]
-    first_u = np.r_[True, pu[1:] != pu[:-1]]
-    gid = np.cumsum(first_u) - 1
-    pos = np.arange(len(pick_order)) - np.flatnonzero(first_u)[gid]
-    chosen = pick_order[pos < k]
-    chosen.sort()  # back to score order within user
-    cu = user[chosen]
-    rel = data.relevant[order][chosen]
-    first_c = np.r_[True, cu[1:] != cu[:-1]]
-    cgid = np.cumsum(first_c) - 1
-    rank = np.arange(len(chosen)) - np.flatnonzero(first_c)[cgid] + 1
-    dcg = np.bincount(cu, weights=rel / np.log2(rank + 1.0), minlength=data.n_users)
+    score = data.features @ _weights(weights, data.sources) + BACKFILL_EPS * data.prior
+    rank = _capped_rank(data.user, data.item, score, data.cluster, k, max_per_cluster)
+    top = np.flatnonzero(rank)
+    gain = data.relevant[top] / np.log2(rank[top] + 1.0)
+    dcg = np.bincount(data.user[top], weights=gain, minlength=data.n_users)
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
     idcg = ideal[np.minimum(data.n_relevant, k) - 1]
     return float(np.mean(dcg / idcg))

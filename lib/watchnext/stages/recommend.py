@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from functools import reduce
@@ -98,6 +99,7 @@ from watchnext.models.tuning import validation_split
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "blend"
+_POOL_ROWS = 2_000_000  # candidate rows per partition of the pool (ranked in numpy as a whole)
 _WRITTEN_BY = {
     TABLE_USER_FACTORS: "als",
     TABLE_ITEM_FACTORS: "als",
@@ -196,13 +198,11 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         published = _published_sources(spark, cfg, run_date, interactions, item_clusters)
         sources.append(published)
         users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
-        scored = _scored_pool(cfg, published, users.select(COL_USER_IDX), weights).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
+        scored = _scored_pool(
+            cfg, published, users.select(COL_USER_IDX), weights, item_clusters, rc.n
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(scored)
-        top = B.select_top_n(scored, item_clusters, rc.n, rc.max_per_cluster).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
+        top = scored.where(F.col(COL_RANK).isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(top)
         summary["users"] = _check_exactly_n(top, users, rc.n)
         items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
@@ -412,29 +412,45 @@ def _candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
     return reduce(DataFrame.unionByName, parts)
 
 
-def _scored_pool(cfg: Config, src: Sources, users: DataFrame, weights: dict[str, float]) -> DataFrame:
-    """The blended candidate pool of ``users``: one row per (user, item) with score and dominant
-    source; users with fewer than ``cold_threshold`` interactions scored with the cold weights."""
+def _scored_pool(
+    cfg: Config,
+    src: Sources,
+    users: DataFrame,
+    weights: dict[str, float],
+    item_clusters: DataFrame,
+    n: int,
+) -> DataFrame:
+    """The blended candidate pool of ``users``: one row per (user, item) with score, dominant source,
+    cluster and ``rank`` (1..n in the user's capped top n, null otherwise); users with fewer than
+    ``cold_threshold`` interactions are scored with the cold weights."""
     rc = cfg.recommend
     users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = _candidates(cfg, src, users)
-    pooled = B.pool(cand, rc.sources, rc.candidates, rc.normalization, popularity=src.popularity)
-    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias("_n"))
-    pooled = (
-        pooled.join(counts, COL_USER_IDX, "left")
-        .withColumn(B.COL_COLD, F.coalesce(F.col("_n"), F.lit(0)) < rc.cold_threshold)
-        .drop("_n")
+    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias("count"))
+    rows = users.count() * (len(rc.sources) + 1) * rc.candidates
+    parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / _POOL_ROWS))
+    return B.rank_candidates(
+        cand,
+        rc.sources,
+        rc.candidates,
+        rc.normalization,
+        weights,
+        item_clusters,
+        n,
+        rc.max_per_cluster,
+        popularity=src.popularity,
+        counts=counts,
+        cold_threshold=rc.cold_threshold,
+        cold_weights=rc.cold_weights,
+        partitions=parts,
     )
-    return B.blend(pooled, rc.sources, weights, rc.cold_weights)
 
 
 def _recommend(
     cfg: Config, src: Sources, users: DataFrame, item_clusters: DataFrame, weights: dict[str, float], n: int
 ) -> DataFrame:
-    scored = _scored_pool(cfg, src, users, weights)
-    return B.select_top_n(scored, item_clusters, n, cfg.recommend.max_per_cluster).select(
-        COL_USER_IDX, COL_ITEM_IDX, COL_SCORE, COL_RANK
-    )
+    scored = _scored_pool(cfg, src, users, weights, item_clusters, n)
+    return scored.where(F.col(COL_RANK).isNotNull()).select(COL_USER_IDX, COL_ITEM_IDX, COL_SCORE, COL_RANK)
 
 
 # ------------------------------------------------------------------------------------------ tuning
@@ -449,13 +465,12 @@ def _tune(
     try:
         users = _sample_users(valid.select(COL_USER_IDX).distinct(), t.max_users, t.seed)
         src = _fit_sources(cfg, fit, item_clusters, params)
-        scored = _scored_pool(cfg, src, users, rc.weights)
+        scored = _scored_pool(cfg, src, users, rc.weights, item_clusters, cfg.evaluation.k)
         truth = valid.select(COL_USER_IDX, COL_ITEM_IDX).distinct().join(users, COL_USER_IDX, "left_semi")
         feats = [B.feature(s) for s in rc.sources]
         # Warm users only: the cold ones are scored by the fixed cold weights, not by these.
         rows = (
             scored.where(~F.col(B.COL_COLD))
-            .join(item_clusters.select(COL_ITEM_IDX, COL_CLUSTER), COL_ITEM_IDX, "left")
             .join(truth.withColumn("relevant", F.lit(True)), [COL_USER_IDX, COL_ITEM_IDX], "left")
             .select(
                 COL_USER_IDX,

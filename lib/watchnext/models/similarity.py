@@ -59,7 +59,7 @@ from watchnext.constants import (
     COL_TIMESTAMP,
     COL_USER_IDX,
 )
-from watchnext.models.topk import _arrow_int, _flat, _len, _lookup, top_positions
+from watchnext.models.topk import _arrow_int, _flat, _len, _lookup, _ranked_schema, top_positions
 
 log = logging.getLogger(__name__)
 
@@ -592,19 +592,10 @@ def _vote_topk(
     key_ids, indptr, cols, values, item_ids = _csr(*(c.to_numpy() for c in tbl.columns))
     log.info("kNN scoring: %d x %d matrix, %d entries, broadcast", len(key_ids), len(item_ids), len(cols))
     bc = weights.sparkSession.sparkContext.broadcast((key_ids, indptr, cols, values, item_ids))
+    fields, np_types = _ranked_schema(user_type, item_type, col_user, col_item)
     out = T.StructType(
-        [
-            T.StructField(col_user, user_type, False),
-            T.StructField(col_item, item_type, False),
-            T.StructField(COL_SCORE, T.DoubleType(), False),
-            T.StructField(COL_RANK, T.IntegerType(), False),
-        ]
-        + ([T.StructField(col_anchor, matrix.schema[_KEY].dataType, False)] if col_anchor else [])
+        fields + ([T.StructField(col_anchor, matrix.schema[_KEY].dataType, False)] if col_anchor else [])
     )
-    np_types = {
-        col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
-        col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
-    }
     if col_anchor:
         np_types[col_anchor] = _arrow_int(matrix.schema[_KEY].dataType, _KEY).to_pandas_dtype()
 

@@ -186,6 +186,29 @@ def _arrow_int(dt: T.DataType, what: str) -> pa.DataType:
     raise ValueError(f"{what} must be an integer column, got {dt.simpleString()}")
 
 
+def _ranked_schema(
+    user_type: T.DataType,
+    item_type: T.DataType,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_score: str = COL_SCORE,
+    col_rank: str = COL_RANK,
+) -> tuple[list[T.StructField], dict[str, np.dtype]]:
+    """A ranked list's fields ``(user, item, score: double, rank: int)`` and the numpy dtypes of its
+    id columns (what a pandas batch is cast to before it goes back to Spark)."""
+    fields = [
+        T.StructField(col_user, user_type, False),
+        T.StructField(col_item, item_type, False),
+        T.StructField(col_score, T.DoubleType(), False),
+        T.StructField(col_rank, T.IntegerType(), False),
+    ]
+    np_types = {
+        col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
+        col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
+    }
+    return fields, np_types
+
+
 def _dense(arr: pa.Array, what: str) -> np.ndarray:
     """An Arrow list column of equal-length numeric lists as a ``(rows, d)`` matrix, from its flat
     values (no per-row objects)."""
@@ -235,14 +258,8 @@ def topk_from_factors(
     spark = user_factors.sparkSession
     user_type = user_factors.schema[col_user].dataType
     item_type = item_factors.schema[col_item].dataType
-    out_schema = T.StructType(
-        [
-            T.StructField(col_user, user_type, False),
-            T.StructField(col_item, item_type, False),
-            T.StructField(col_score, T.DoubleType(), False),
-            T.StructField(col_rank, T.IntegerType(), False),
-        ]
-    )
+    fields, _ = _ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
+    out_schema = T.StructType(fields)
     arrow_schema = pa.schema(
         [
             pa.field(col_user, _arrow_int(user_type, f"user_factors.{col_user}"), False),
@@ -420,18 +437,8 @@ def top_unseen(
     )
     user_type = users.schema[col_user].dataType
     item_type = item_scores.schema[col_item].dataType
-    out = T.StructType(
-        [
-            T.StructField(col_user, user_type, False),
-            T.StructField(col_item, item_type, False),
-            T.StructField(col_score, T.DoubleType(), False),
-            T.StructField(col_rank, T.IntegerType(), False),
-        ]
-    )
-    np_types = {
-        col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
-        col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
-    }
+    fields, np_types = _ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
+    out = T.StructType(fields)
 
     def take(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         items, scores, starts, sorted_items, by_item = bc.value
@@ -470,8 +477,9 @@ def top_unseen(
             )
             yield frame.astype(np_types)
 
-    lists = users.select(col_user).distinct().withColumn(_SEEN, F.lit(None).cast("array<long>"))
-    if seen is not None:
+    if seen is None:
+        lists = users.select(col_user).distinct().withColumn(_SEEN, F.lit(None).cast("array<long>"))
+    else:
         require_columns(seen, [col_user, col_item], "seen")
         seen_lists = seen.groupBy(col_user).agg(F.collect_list(F.col(col_item).cast("long")).alias(_SEEN))
         lists = users.select(col_user).distinct().join(seen_lists, col_user, "left")

@@ -14,6 +14,7 @@ from pyspark.sql import types as T
 
 from watchnext.constants import COL_GENRES, COL_ITEM_IDX, COL_RANK, COL_RATING, COL_SCORE, COL_USER_IDX
 from watchnext.evaluation.metrics import (
+    TrainStats,
     catalog_coverage,
     evaluate_all,
     intra_list_diversity,
@@ -310,6 +311,9 @@ def test_beyond_accuracy_match_reference_on_random_data(
     n_users = len({u for u, _ in train_pairs})
     info = [-np.log2(len(users_of[i]) / n_users) for _, i in rec_rows if i in users_of]
     assert novelty(recs, train) == pytest.approx(float(np.mean(info)), abs=TOL)
+    stats = TrainStats.of(train)  # the same from the aggregates computed once
+    assert stats.n_users == n_users and stats.n_items == len(users_of)
+    assert novelty(recs, stats) == pytest.approx(float(np.mean(info)), abs=TOL)
 
     # intra-list diversity (Jaccard on genre sets)
     per_user = []
@@ -332,10 +336,12 @@ def test_beyond_accuracy_match_reference_on_random_data(
             head.add(i)
         before += c
     tail_share = sum(1 for _, i in rec_rows if i not in head) / len(rec_rows)
-    _approx(
-        popularity_bias(recs, train, n_items=n_items),
-        {"exposure_gini": _gini_mad(x), "long_tail_share": tail_share},
-    )
+    for source in (train, stats):
+        _approx(
+            popularity_bias(recs, source, n_items=n_items),
+            {"exposure_gini": _gini_mad(x), "long_tail_share": tail_share},
+        )
+    stats.release()
 
 
 def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: RandomLists) -> None:
@@ -357,3 +363,8 @@ def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: Ra
         }
     )
     _approx(out, expected)
+    stats = TrainStats.of(train)
+    for n_items in (200, None):  # None: the catalogue is train's items (and the recommended ones)
+        by_stats = evaluate_all(recs, truth, 10, train=stats, n_items=n_items, item_features=features)
+        _approx(by_stats, evaluate_all(recs, truth, 10, train=train, n_items=n_items, item_features=features))
+    stats.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from watchnext.evaluation.metrics import (
+    TrainStats,
     catalog_coverage,
     evaluate_all,
     intra_list_diversity,
@@ -22,6 +23,7 @@ from watchnext.evaluation.splits import (
 )
 
 __all__ = [
+    "TrainStats",
     "catalog_coverage",
     "evaluate_all",
     "intra_list_diversity",

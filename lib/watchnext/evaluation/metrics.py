@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -174,6 +176,47 @@ def ranking_metrics(
     return {name: float(row[name]) for name in names}
 
 
+@dataclass(frozen=True)
+class TrainStats:
+    """The train aggregates behind novelty, popularity bias and the catalogue size, computed once
+    for many models (the evaluate stage scores ~10 lists against the same train split).
+
+    ``items``: ``(col_item, _u: distinct train users with the item, _p: train rows of the item)``,
+    one row per train item, persisted (item-sized); ``n_users``: distinct train users."""
+
+    items: DataFrame
+    n_users: int
+    col_item: str = COL_ITEM_IDX
+
+    @classmethod
+    def of(
+        cls, train: DataFrame, *, col_user: str = COL_USER_IDX, col_item: str = COL_ITEM_IDX
+    ) -> TrainStats:
+        require_columns(train, [col_user, col_item], "train")
+        items = (
+            train.groupBy(col_item)
+            .agg(F.countDistinct(col_user).cast("double").alias("_u"), F.count(F.lit(1)).alias("_p"))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        n_users = int(train.agg(F.countDistinct(col_user)).first()[0])
+        return cls(items=items, n_users=n_users, col_item=col_item)
+
+    @property
+    def n_items(self) -> int:
+        return self.items.count()
+
+    def release(self) -> None:
+        self.items.unpersist()
+
+
+def _stats(train: DataFrame | TrainStats, col_user: str, col_item: str) -> TrainStats:
+    if isinstance(train, TrainStats):
+        if train.col_item != col_item:
+            raise ValueError(f"train stats are keyed by {train.col_item!r}, not {col_item!r}")
+        return train
+    return TrainStats.of(train, col_user=col_user, col_item=col_item)
+
+
 def catalog_coverage(recs: DataFrame, n_items: int, *, col_item: str = COL_ITEM_IDX) -> float:
     """Share of the catalog recommended to anyone: ``|distinct items in recs| / n_items``."""
     require_columns(recs, [col_item], "recs")
@@ -185,7 +228,7 @@ def catalog_coverage(recs: DataFrame, n_items: int, *, col_item: str = COL_ITEM_
 
 def novelty(
     recs: DataFrame,
-    train: DataFrame,
+    train: DataFrame | TrainStats,
     *,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
@@ -194,18 +237,15 @@ def novelty(
 
     ``pop(i) = |distinct train users with i| / |distinct train users|``; novelty is the mean of
     ``-log2 pop(i)`` over the rows of ``recs`` (one row = one list slot). Rows whose item is not in
-    train (undefined self-information) are left out and counted in the log.
+    train (undefined self-information) are left out and counted in the log. ``train``: the
+    interactions, or their :class:`TrainStats`.
     """
     require_columns(recs, [col_item], "recs")
-    require_columns(train, [col_user, col_item], "train")
-    pairs = train.select(col_user, col_item).distinct()
-    pop = pairs.groupBy(col_item).agg(F.count(F.lit(1)).cast("double").alias("_u"))
-    n_users = train.agg(F.countDistinct(col_user).cast("double").alias("_n"))
-    info = -F.log2(F.col("_u") / F.col("_n"))
+    stats = _stats(train, col_user, col_item)
+    info = -F.log2(F.col("_u") / F.lit(float(stats.n_users)))
     row = (
         recs.select(col_item)
-        .join(pop, col_item, "left")
-        .crossJoin(n_users)
+        .join(F.broadcast(stats.items.select(col_item, "_u")), col_item, "left")
         .agg(exact_mean(info).alias("novelty"), F.count(F.when(F.col("_u").isNull(), 1)).alias("unknown"))
         .first()
     )
@@ -254,10 +294,11 @@ def intra_list_diversity(
 
 def popularity_bias(
     recs: DataFrame,
-    train: DataFrame,
+    train: DataFrame | TrainStats,
     *,
     n_items: int | None = None,
     head_share: float = 0.8,
+    col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
 ) -> dict[str, float]:
     """Exposure inequality and long-tail share of the recommendations.
@@ -271,10 +312,10 @@ def popularity_bias(
     shortest prefix of train items sorted by interaction count (rows) descending, ties by item
     ascending, that holds at least ``head_share`` of train interactions (an item is in the head iff
     the interactions of the items before it are ``< head_share * total``). Items absent from train
-    are long tail.
+    are long tail. ``train``: the interactions, or their :class:`TrainStats`.
     """
     require_columns(recs, [col_item], "recs")
-    require_columns(train, [col_item], "train")
+    stats = _stats(train, col_user, col_item)
     if not 0.0 < head_share <= 1.0:
         raise ValueError(f"head_share must be in (0, 1], got {head_share}")
     if n_items is not None and n_items < 1:
@@ -282,7 +323,9 @@ def popularity_bias(
     exposure = recs.groupBy(col_item).agg(F.count(F.lit(1)).alias("_x"))
     if n_items is None:
         catalog = (
-            train.select(col_item).union(recs.select(col_item)).agg(F.countDistinct(col_item).alias("_n"))
+            stats.items.select(col_item)
+            .union(recs.select(col_item))
+            .agg(F.countDistinct(col_item).alias("_n"))
         )
     else:
         catalog = recs.sparkSession.range(1).select(F.lit(n_items).cast("long").alias("_n"))
@@ -316,7 +359,7 @@ def popularity_bias(
 
     # Un-partitioned windows (here and for the Gini histogram) run on one partition; they see one row
     # per item or per exposure value, never per user or interaction.
-    pop = train.groupBy(col_item).agg(F.count(F.lit(1)).alias("_p"))
+    pop = stats.items.select(col_item, "_p")
     order = Window.orderBy(F.col("_p").desc(), F.col(col_item).asc())
     order = order.rowsBetween(Window.unboundedPreceding, -1)
     head = (
@@ -327,7 +370,7 @@ def popularity_bias(
     )
     tail = (
         recs.select(col_item)
-        .join(head, col_item, "left")
+        .join(F.broadcast(head), col_item, "left")
         .agg(exact_mean(F.when(F.col("_head").isNull(), 1.0).otherwise(0.0)).alias("share"))
     )
     return {"exposure_gini": gini, "long_tail_share": _float(tail.first()["share"])}
@@ -375,7 +418,7 @@ def evaluate_all(
     truth: DataFrame,
     k: int,
     *,
-    train: DataFrame | None = None,
+    train: DataFrame | TrainStats | None = None,
     n_items: int | None = None,
     item_features: DataFrame | None = None,
     relevance_threshold: float | None = None,
@@ -392,7 +435,8 @@ def evaluate_all(
 
     Adds ``catalog_coverage_at_K`` (when ``n_items`` is given, or ``train`` to count its items),
     ``novelty_at_K``, ``exposure_gini_at_K`` and ``long_tail_share_at_K`` (when ``train`` is given),
-    ``ild_at_K`` (when ``item_features`` is given).
+    ``ild_at_K`` (when ``item_features`` is given). ``train``: the interactions, or their
+    :class:`TrainStats` when several lists are scored against the same split.
     """
     cols = {"col_user": col_user, "col_item": col_item}
     out = ranking_metrics(
@@ -406,17 +450,18 @@ def evaluate_all(
         **cols,
     )
     top = top_k(recs, k, col_rank=col_rank, col_score=col_score, **cols)
-    n_catalog = n_items
-    if n_catalog is None and train is not None:
-        n_catalog = int(train.agg(F.countDistinct(col_item).alias("n")).first()["n"])
+    stats = _stats(train, col_user, col_item) if train is not None else None
+    n_catalog = n_items if n_items is not None or stats is None else stats.n_items
     if n_catalog:
         out[f"catalog_coverage_at_{k}"] = catalog_coverage(top, n_catalog, col_item=col_item)
-    if train is not None:
-        out[f"novelty_at_{k}"] = novelty(top, train, **cols)
+    if stats is not None:
+        out[f"novelty_at_{k}"] = novelty(top, stats, **cols)
         # A given n_items is the catalog; otherwise popularity_bias counts train ∪ recs items.
-        bias = popularity_bias(top, train, n_items=n_items, col_item=col_item)
+        bias = popularity_bias(top, stats, n_items=n_items, **cols)
         out[f"exposure_gini_at_{k}"] = bias["exposure_gini"]
         out[f"long_tail_share_at_{k}"] = bias["long_tail_share"]
+        if stats is not train:
+            stats.release()
     if item_features is not None:
         out[f"ild_at_{k}"] = intra_list_diversity(top, item_features, col_features=col_features, **cols)
     return out

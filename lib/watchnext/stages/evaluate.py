@@ -39,7 +39,7 @@ from watchnext.constants import (
     TABLE_ITEMS,
 )
 from watchnext.evaluation import protocol
-from watchnext.evaluation.metrics import evaluate_all, rmse_mae
+from watchnext.evaluation.metrics import TrainStats, evaluate_all, rmse_mae
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.topk import topk_from_item_scores
 
@@ -80,18 +80,20 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     }
     lists.update(_stored(spark, cfg.table_path(TABLE_EVAL_RECS), run_date))
     rows: list[tuple[str, str, int | None, float]] = []
+    stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
     try:
         for model, recs in lists.items():
             recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
             # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K
             values = evaluate_all(
-                recs, test, ev.k, train=train, n_items=n_items, item_features=items, ranking_ks=ks
+                recs, test, ev.k, train=stats, n_items=n_items, item_features=items, ranking_ks=ks
             )
             rows += [(model, *_split_name(name), v) for name, v in values.items()]
             recs.unpersist()
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
             rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]
     finally:
+        stats.release()
         train.unpersist()
         test.unpersist()
 

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchtools import best
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -73,15 +74,6 @@ def candidates(spark: SparkSession, users: int, items: int, m: int, parts: int) 
         F.row_number().over(order).cast("int").alias(COL_RANK),
         anchor.cast("int").alias(B.COL_ANCHOR_IDX),
     )
-
-
-def best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv: list[str]) -> int:

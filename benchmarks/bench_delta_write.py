@@ -24,9 +24,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchtools import best
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -68,15 +68,6 @@ def frame(spark: SparkSession, rows: int, users: int, items: int, partitions: in
     )
     df.count()
     return df
-
-
-def best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv: list[str]) -> int:

@@ -182,10 +182,12 @@ class TrainStats:
     for many models (the evaluate stage scores ~10 lists against the same train split).
 
     ``items``: ``(col_item, _u: distinct train users with the item, _p: train rows of the item)``,
-    one row per train item, persisted (item-sized); ``n_users``: distinct train users."""
+    one row per train item, persisted (item-sized); ``n_users`` / ``n_items``: distinct train users
+    and items."""
 
     items: DataFrame
     n_users: int
+    n_items: int  # distinct train items (the rows of ``items``)
     col_item: str = COL_ITEM_IDX
 
     @classmethod
@@ -199,11 +201,7 @@ class TrainStats:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         n_users = int(train.agg(F.countDistinct(col_user)).first()[0])
-        return cls(items=items, n_users=n_users, col_item=col_item)
-
-    @property
-    def n_items(self) -> int:
-        return self.items.count()
+        return cls(items=items, n_users=n_users, n_items=items.count(), col_item=col_item)
 
     def release(self) -> None:
         self.items.unpersist()

@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from watchnext.checks import require_columns
 from watchnext.constants import (
@@ -71,6 +72,7 @@ SOURCES = ("als", "ncf", "item", "user", "cluster", "popular", "trending")
 COL_ANCHOR_IDX = "anchor_idx"
 COL_COLD = "cold"
 COL_DOMINANT = "dominant"
+COL_COUNT = "count"  # rank_candidates' counts: the user's interactions, for the cold flag
 COL_PRIOR = "prior"  # the item's popularity / the most popular item's: orders otherwise-tied backfill
 BACKFILL = "backfill"  # internal source: popular items of every cluster, so the cap can always be met
 BACKFILL_EPS = 1e-6
@@ -196,7 +198,6 @@ def cluster_backfill(
 # of a 20M-interaction run four times and built a collect_set object per row.
 _COUNT = -1  # source code of the per-user interaction-count rows shuffled with the candidates
 _CODE = "_code"
-_N = "count"
 _OUT_ROWS = 65_536  # rows per output Arrow batch
 
 
@@ -376,23 +377,19 @@ def _top_table(
     return out.append_column(COL_RANK, pa.array(rank[chosen], pa.int32()))
 
 
-def _per_partition(step, schema: pa.Schema):  # type: ignore[no-untyped-def]
-    """A ``mapInArrow`` function applying ``step`` (``pa.Table -> pa.Table``) to its whole partition,
-    so every user's rows are together when the input is partitioned by user."""
+def _by_user(df: DataFrame, partitions: int | None, step, schema: T.StructType) -> DataFrame:  # type: ignore[no-untyped-def]
+    """``df`` shuffled by user into ``partitions`` (default the shuffle partitions), then ``step``
+    (``pa.Table -> pa.Table``) applied to each whole partition: every user's rows are together."""
+    arrow = to_arrow_schema(schema)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         parts = [b for b in batches if b.num_rows]
         if parts:
-            out = step(pa.Table.from_batches(parts)).select(schema.names).cast(schema)
+            out = step(pa.Table.from_batches(parts)).select(arrow.names).cast(arrow)
             yield from out.to_batches(max_chunksize=_OUT_ROWS)
 
-    return run
-
-
-def _arrow_schema(schema: T.StructType) -> pa.Schema:
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(schema)
+    n = partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+    return df.repartition(n, COL_USER_IDX).mapInArrow(run, schema)
 
 
 def _pool_fields(sources: Sequence[str], cold: bool) -> list[T.StructField]:
@@ -445,7 +442,7 @@ def _clusters(item_clusters: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _coded(candidates: DataFrame, sources: Sequence[str], counts: DataFrame | None) -> DataFrame:
     """The configured sources' and backfill's candidate rows, the source as its code; with one row
-    per user of ``counts`` ``(user_idx, n)`` (code ``_COUNT``, the count in ``score``)."""
+    per user of ``counts`` ``(user_idx, count)`` (code ``_COUNT``, the count in ``score``)."""
     require_columns(
         candidates,
         [COL_USER_IDX, COL_ITEM_IDX, COL_SOURCE, COL_SCORE, COL_RANK, COL_ANCHOR_IDX],
@@ -468,7 +465,7 @@ def _coded(candidates: DataFrame, sources: Sequence[str], counts: DataFrame | No
         F.col(COL_USER_IDX).cast("int").alias(COL_USER_IDX),
         F.lit(0).alias(COL_ITEM_IDX),
         F.lit(_COUNT).alias(_CODE),
-        F.col(_N).cast("double").alias(COL_SCORE),
+        F.col(COL_COUNT).cast("double").alias(COL_SCORE),
         F.lit(None).cast("int").alias(COL_RANK),
         F.lit(None).cast("int").alias(COL_ANCHOR_IDX),
     )
@@ -478,10 +475,6 @@ def _coded(candidates: DataFrame, sources: Sequence[str], counts: DataFrame | No
 def _check_normalization(normalization: str) -> None:
     if normalization not in ("rank", "minmax"):
         raise ValueError(f"normalization must be 'rank' or 'minmax', got {normalization!r}")
-
-
-def _partitions(df: DataFrame, partitions: int | None) -> int:
-    return partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
 
 
 def pool(
@@ -506,10 +499,7 @@ def pool(
     def step(t: pa.Table) -> pa.Table:
         return _pool_table(t, sources, m, normalization, prior, None)
 
-    coded = _coded(candidates, sources, None)
-    return coded.repartition(_partitions(coded, partitions), COL_USER_IDX).mapInArrow(
-        _per_partition(step, _arrow_schema(schema)), schema
-    )
+    return _by_user(_coded(candidates, sources, None), partitions, step, schema)
 
 
 def blend(
@@ -523,7 +513,7 @@ def blend(
     partitioning is kept."""
     require_columns(pool_df, [*[feature(s) for s in sources], COL_PRIOR], "pool")
     schema = T.StructType([*pool_df.schema.fields, *_blend_fields()])
-    arrow = _arrow_schema(schema)
+    arrow = to_arrow_schema(schema)
     weights, cold = dict(weights), dict(cold_weights) if cold_weights is not None else None
 
     def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -555,9 +545,7 @@ def select_top_n(
     def step(t: pa.Table) -> pa.Table:
         return _top_table(t, clusters, n, max_per_cluster, every=False)
 
-    return scored.repartition(_partitions(scored, partitions), COL_USER_IDX).mapInArrow(
-        _per_partition(step, _arrow_schema(schema)), schema
-    )
+    return _by_user(scored, partitions, step, schema)
 
 
 def rank_candidates(
@@ -579,7 +567,7 @@ def rank_candidates(
     """:func:`pool`, ``cold``, :func:`blend` and :func:`select_top_n` after one shuffle of the
     candidates by user: the scored pool, every row, with ``cluster_id`` and ``rank`` (1..n for the
     user's top ``n``, null otherwise). ``cold``: the user has fewer than ``cold_threshold``
-    interactions in ``counts`` ``(user_idx, n)`` (none: 0)."""
+    interactions in ``counts`` ``(user_idx, count)`` (none: 0)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _check_sources(sources)
@@ -589,16 +577,13 @@ def rank_candidates(
     fields = [*_pool_fields(sources, cold=True), *_blend_fields(), *_top_fields(item_clusters, every=True)]
     schema = T.StructType(fields)
     if counts is not None:
-        require_columns(counts, [COL_USER_IDX, _N], "counts")
+        require_columns(counts, [COL_USER_IDX, COL_COUNT], "counts")
 
     def step(t: pa.Table) -> pa.Table:
         pooled = _pool_table(t, sources, m, normalization, prior, cold_threshold)
         return _top_table(_blend_table(pooled, sources, w, cold_w), clusters, n, max_per_cluster, every=True)
 
-    coded = _coded(candidates, sources, counts)
-    return coded.repartition(_partitions(coded, partitions), COL_USER_IDX).mapInArrow(
-        _per_partition(step, _arrow_schema(schema)), schema
-    )
+    return _by_user(_coded(candidates, sources, counts), partitions, step, schema)
 
 
 # -------------------------------------------------------------------------------- weight tuning

@@ -426,7 +426,7 @@ def _scored_pool(
     rc = cfg.recommend
     users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = _candidates(cfg, src, users)
-    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias("count"))
+    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(B.COL_COUNT))
     rows = users.count() * (len(rc.sources) + 1) * rc.candidates
     parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / _POOL_ROWS))
     return B.rank_candidates(

@@ -348,7 +348,9 @@ def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: Ra
     recs, truth = _random_frames(spark, random_lists)
     train = spark.createDataFrame([(u, i) for u in range(60) for i in range(0, 200, 1 + u % 5)], PAIRS)
     features = spark.createDataFrame([(i, [str(i % 3)]) for i in range(200)], GENRES)
+    cached = spark.sparkContext._jsc.getPersistentRDDs().size()
     out = evaluate_all(recs, truth, 10, train=train, n_items=200, item_features=features, ranking_ks=[5, 20])
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == cached  # its top-K cut is released
     top = top_k(recs, 10)
     expected = (
         ranking_metrics(recs, truth, 5)

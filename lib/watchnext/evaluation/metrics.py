@@ -124,12 +124,31 @@ def ranking_metrics(
     :func:`top_k`. A ``truth`` row is relevant when ``relevance_threshold`` is None, else when its
     rating is ``>= relevance_threshold``. Raises ``ValueError`` if no user has a relevant item.
     """
+    ks = _cutoffs(k)
+    top = top_k(recs, ks[-1], col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
+    return _ranking_from_top(top, truth, ks, relevance_threshold, col_user, col_item, col_rank, col_rating)
+
+
+def _cutoffs(k: int | Sequence[int]) -> list[int]:
     ks = sorted({k} if isinstance(k, int) else set(k))
     if not ks:
         raise ValueError("no cut-off k given")
     for kk in ks:
         _check_k(kk)
-    top = top_k(recs, ks[-1], col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
+    return ks
+
+
+def _ranking_from_top(
+    top: DataFrame,
+    truth: DataFrame,
+    ks: list[int],
+    relevance_threshold: float | None,
+    col_user: str,
+    col_item: str,
+    col_rank: str,
+    col_rating: str,
+) -> dict[str, float]:
+    """:func:`ranking_metrics` on lists already cut by :func:`top_k` at ``ks[-1]`` (sorted ``ks``)."""
     rel = _relevant(truth, col_user, col_item, col_rating, relevance_threshold)
 
     n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
@@ -437,17 +456,34 @@ def evaluate_all(
     :class:`TrainStats` when several lists are scored against the same split.
     """
     cols = {"col_user": col_user, "col_item": col_item}
-    out = ranking_metrics(
-        recs,
-        truth,
-        [k, *ranking_ks],
-        relevance_threshold=relevance_threshold,
-        col_rank=col_rank,
-        col_score=col_score,
-        col_rating=col_rating,
-        **cols,
+    ks = _cutoffs([k, *ranking_ks])
+    # One top-max(K) cut, persisted: the ranking metrics and the (up to four) beyond-accuracy jobs below
+    # read it, where each used to shuffle and rank ``recs`` again.
+    top_all = top_k(recs, ks[-1], col_rank=col_rank, col_score=col_score, **cols).persist(
+        StorageLevel.MEMORY_AND_DISK
     )
-    top = top_k(recs, k, col_rank=col_rank, col_score=col_score, **cols)
+    try:
+        out = _ranking_from_top(
+            top_all, truth, ks, relevance_threshold, col_user, col_item, col_rank, col_rating
+        )
+        top = top_all.where(F.col(col_rank) <= k)
+        out |= _beyond_accuracy(top, k, train, n_items, item_features, col_features, cols)
+    finally:
+        top_all.unpersist()
+    return out
+
+
+def _beyond_accuracy(
+    top: DataFrame,
+    k: int,
+    train: DataFrame | TrainStats | None,
+    n_items: int | None,
+    item_features: DataFrame | None,
+    col_features: str,
+    cols: dict[str, str],
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    col_user, col_item = cols["col_user"], cols["col_item"]
     stats = _stats(train, col_user, col_item) if train is not None else None
     n_catalog = n_items if n_items is not None or stats is None else stats.n_items
     if n_catalog:

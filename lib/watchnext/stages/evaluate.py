@@ -83,13 +83,12 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
     try:
         for model, recs in lists.items():
-            recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
-            # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K
+            # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K; recs is
+            # read once (evaluate_all persists its top-K cut, not the input)
             values = evaluate_all(
                 recs, test, ev.k, train=stats, n_items=n_items, item_features=items, ranking_ks=ks
             )
             rows += [(model, *_split_name(name), v) for name, v in values.items()]
-            recs.unpersist()
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
             rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]
     finally:

@@ -19,8 +19,9 @@ a sampler thread reads the process tree every ``--interval`` seconds (psutil) an
 * the whole tree, summed at the same instant.
 
 Written after every stage (a run cut short keeps what finished): ``benchmarks/results/scale.json``
-(merged with earlier sizes) and ``benchmarks/results/scale.md``; stage logs under
-``benchmarks/results/scale/<size>/``. ``--deadline HH:MM`` (UTC) stops before a stage that would start
+(merged with earlier sizes), ``benchmarks/results/scale.md`` and ``scale.png`` (wall time and peak
+memory per stage against the interactions; the report stage of the run shows the same plot, with
+``report.scale_results`` pointed at the JSON); stage logs under ``benchmarks/results/scale/<size>/``. ``--deadline HH:MM`` (UTC) stops before a stage that would start
 after it, and kills a running stage at it. ``--resume --stages als,...`` reruns stages on a size's
 existing tables (the scratch folder is kept unless ``--clean``).
 """
@@ -42,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from watchnext.report.data import scale_frame
+from watchnext.report.plots import scale_figure
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -240,6 +244,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(results: dict[str, Any], out: Path) -> None:
+    """The JSON, its markdown table (``.md``) and the plot of the run report's scale section (``.png``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+    frame = scale_frame(results)
+    if not frame.empty:
+        scale_figure(frame).savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight", facecolor="white")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1M,5M,20M", help=f"comma-separated, of {', '.join(SIZES)}")
@@ -302,7 +316,11 @@ def main(argv: list[str]) -> int:
                 continue
             log = logs / f"{stage}.log"
             print(f"== {name} {stage} (load {os.getloadavg()[0]:.1f})", flush=True)
-            r = run_stage(stage_cmd(stage, size, work, args.conf), log, args.interval, deadline)
+            # the run's own report plots the results so far (written after every stage)
+            extra = (
+                [*args.conf, f"report.scale_results={args.out.resolve()}"] if stage == "report" else args.conf
+            )
+            r = run_stage(stage_cmd(stage, size, work, extra), log, args.interval, deadline)
             r["load_after"] = round(os.getloadavg()[0], 1)
             s = summary_of(log).get(stage, {})
             if stage == "ingest" and "interactions_written" in s:
@@ -317,15 +335,12 @@ def main(argv: list[str]) -> int:
                 f"(tree {r['peak_total_gib']} GiB)",
                 flush=True,
             )
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            md_path.write_text(markdown(results))
+            write(results, args.out)
             if r["status"] != "ok":
                 print("   " + "\n   ".join(log.read_text().splitlines()[-20:]), flush=True)
                 break
         entry["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        md_path.write_text(markdown(results))
+        write(results, args.out)
         if args.clean:
             shutil.rmtree(work, ignore_errors=True)
     print("\n" + markdown(results))

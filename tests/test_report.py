@@ -6,8 +6,10 @@ a run date with no tables."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -227,4 +229,93 @@ def test_report_of_a_date_without_tables_says_what_is_missing(
     page = Path(summary["path"]).read_text(encoding="utf-8")
     assert "run the evaluate stage" in page and "run the clusters stage" in page
     assert "no MLflow runs tagged with run date 2024-06-01" in page
-    assert "<img" not in page
+    assert "<img" not in page and 'id="scale"' not in page
+
+    # report.scale_results: a missing file says how to make it; a results JSON adds the section
+    results = Path(c.report.out_dir) / "scale.json"
+    summary = pipeline.run_stage(
+        spark, c.with_overrides(f"report.scale_results={results}"), run_date, "report"
+    )
+    page = Path(summary["path"]).read_text(encoding="utf-8")
+    assert f"no scale results at {results}: run `make scale`" in page and "<img" not in page
+    results.write_text(json.dumps(_scale_results()))
+    summary = pipeline.run_stage(
+        spark, c.with_overrides(f"report.scale_results={results}"), run_date, "report"
+    )
+    page = Path(summary["path"]).read_text(encoding="utf-8")
+    assert page.count("<img") == 1 and 'id="plot-scale"' in page and f"<code>{results}</code>" in page
+
+
+def _scale_results() -> dict[str, Any]:
+    """A benchmarks/scale.py results JSON: 1M complete (NCF left out by --ncf-max), 5M cut short."""
+
+    def ok(wall: float, jvm: float, total: float) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "wall_s": wall,
+            "cpu_s": 2 * wall,
+            "peak_jvm_gib": jvm,
+            "peak_total_gib": total,
+        }
+
+    sizes = {"interactions": 5_000_000, "users": 125_000, "items": 20_000}
+    return {  # the larger size first: the frame orders sizes by interactions
+        "5M": sizes
+        | {"stages": {"ingest": ok(80.0, 4.9, 5.8), "als": {"status": "stopped at the deadline"}}},
+        "1M": {"interactions": 1_000_000, "users": 25_000, "items": 10_000, "finished": "2026-12-05T10:00:00"}
+        | {
+            "stages": {
+                "ingest": ok(42.0, 2.8, 3.6),
+                "ncf": {"status": "skipped", "why": "skipped (--ncf-max 500k)"},
+                "report": ok(36.0, 2.1, 2.4),
+            }
+        },
+    }
+
+
+def test_scale_section_plots_the_finished_stages_of_each_size(tmp_path: Path) -> None:
+    frame = D.scale_frame(_scale_results())
+    one, five = ["1M", 1_000_000, 25_000, 10_000, True], ["5M", 5_000_000, 125_000, 20_000, False]
+    expected = pd.DataFrame(
+        [
+            [*one, "ingest", 42.0, 84.0, 2.8, 3.6],
+            [*one, "report", 36.0, 72.0, 2.1, 2.4],
+            [*five, "ingest", 80.0, 160.0, 4.9, 5.8],
+        ],
+        columns=D.SCALE_COLUMNS,
+    )
+    pd.testing.assert_frame_equal(frame, expected)
+    pd.testing.assert_frame_equal(
+        D.scale_totals(frame),
+        pd.DataFrame(
+            [[*one, 2, 78.0, 3.6], [*five, 1, 80.0, 5.8]],
+            columns=[
+                "size",
+                "interactions",
+                "users",
+                "items",
+                "complete",
+                "stages",
+                "wall_s",
+                "peak_total_gib",
+            ],
+        ),
+    )
+
+    from PIL import Image
+
+    from watchnext.report import html
+
+    page = html.render(
+        html.ReportData(run_date=RUN_DATE, k=N, protocol="p", scale=frame, scale_source="s.json")
+    )
+    res = _Resources()
+    res.feed(page)
+    assert len(res.loaded) == 1 and 'id="plot-scale"' in page and '<a href="#scale">' in page
+    png = base64.b64decode(res.loaded[0].removeprefix("data:image/png;base64,"))
+    img = Image.open(io.BytesIO(png))
+    assert img.width > 800 and img.height > 300
+    assert '<tr data-size="1M"><td class="text">1M</td><td>1,000,000</td>' in page
+    assert "<td>1 (cut short)</td><td>80.0</td><td>5.80</td>" in page
+    # without scale results (the default) there is no such section
+    assert 'id="scale"' not in html.render(html.ReportData(run_date=RUN_DATE, k=N, protocol="p"))

@@ -439,6 +439,9 @@ class ReportConfig(_Strict):
     popularity_buckets: int = Field(10, ge=2, le=100)  # item-popularity buckets of the exposure plot
     # Base of the links to the stage runs; null: the tracking URI when it is a server, else `mlflow ui`.
     mlflow_ui_url: str | None = None
+    # A `benchmarks/scale.py` results JSON (a local path): adds a "Scale runs" section, wall time and
+    # peak memory per stage against the data size. null: no such section (`make scale` sets it).
+    scale_results: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- root

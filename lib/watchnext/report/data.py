@@ -6,7 +6,8 @@ Each returns a pandas frame of at most (models x metrics x K), (popularity bucke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
@@ -174,3 +175,39 @@ def reason_mix(recs: DataFrame) -> pd.DataFrame:
     df = recs.groupBy(kind.alias("reason")).agg(F.count(F.lit(1)).alias("slots")).toPandas()
     df["share"] = df["slots"] / max(int(df["slots"].sum()), 1)
     return df.sort_values(["slots", "reason"], ascending=[False, True]).reset_index(drop=True)
+
+
+SCALE_COLUMNS = [
+    "size", "interactions", "users", "items", "complete", "stage", "wall_s", "cpu_s", "peak_jvm_gib",
+    "peak_total_gib",
+]  # fmt: skip
+
+
+def scale_frame(results: Mapping[str, Any]) -> pd.DataFrame:
+    """The stages that finished in a ``benchmarks/scale.py`` results JSON (size -> run), one row per
+    (size, stage), sizes by interactions and stages in run order. Skipped or failed stages are left out
+    (the run's markdown says why); ``complete``: the size's run has finished and no stage failed or was
+    left out but by ``--ncf-max`` (its stage times add up to the whole pipeline)."""
+
+    def complete(run: Mapping[str, Any]) -> bool:
+        return "finished" in run and all(
+            m.get("status") == "ok" or "--ncf-max" in m.get("why", "") for m in run.get("stages", {}).values()
+        )
+
+    rows = [
+        [size, run["interactions"], run["users"], run["items"], complete(run), stage]
+        + [m.get(c) for c in ("wall_s", "cpu_s", "peak_jvm_gib", "peak_total_gib")]
+        for size, run in sorted(results.items(), key=lambda kv: kv[1]["interactions"])
+        for stage, m in run.get("stages", {}).items()
+        if m.get("status") == "ok"
+    ]
+    return pd.DataFrame(rows, columns=SCALE_COLUMNS).astype({"wall_s": float, "cpu_s": float})
+
+
+def scale_totals(scale: pd.DataFrame) -> pd.DataFrame:
+    """Per size: interactions, users, items, whether complete, the stages that finished, their summed
+    wall time and the largest process-tree peak of any of them."""
+    g = scale.groupby(["size", "interactions", "users", "items", "complete"], sort=False)
+    return g.agg(
+        stages=("stage", "count"), wall_s=("wall_s", "sum"), peak_total_gib=("peak_total_gib", "max")
+    ).reset_index()

@@ -45,6 +45,8 @@ class ReportData:
     history: pd.DataFrame | None = None  # D.recent_history
     reasons: pd.DataFrame | None = None  # D.reason_mix
     runs: pd.DataFrame | None = None  # runs.stage_runs
+    scale: pd.DataFrame | None = None  # D.scale_frame (only when report.scale_results is set)
+    scale_source: str = ""  # the scale results file it was read from
     mlflow: dict[str, str] = dataclasses.field(default_factory=dict)  # tracking_uri, ui, run_id, ...
     missing: dict[str, str] = dataclasses.field(default_factory=dict)  # section -> why it is empty
 
@@ -101,6 +103,9 @@ def render(data: ReportData) -> str:
         ctx["plots"]["clusters"] = plots.cluster_sizes(data.clusters)
     if data.runs is not None and not data.runs.empty:
         ctx["plots"]["timings"] = plots.stage_timings(data.runs)
+    if data.scale is not None and not data.scale.empty:
+        ctx["plots"]["scale"] = plots.scale(data.scale)
+        ctx["scale_totals"] = D.scale_totals(data.scale).to_dict("records")
     if data.lists is not None:
         ctx["users"] = [
             {

@@ -123,3 +123,26 @@ def stage_timings(runs: pd.DataFrame) -> str:
     ax.margins(x=0.15)
     ax.grid(axis="x", alpha=0.3)
     return to_data_uri(fig)
+
+
+def scale_figure(scale: pd.DataFrame) -> Figure:
+    """Wall time and peak memory per stage against the interactions (log-log), one line per stage."""
+    fig, (wall, mem) = _figure(2, width=5.2, height=3.8)
+    colors = palette(list(dict.fromkeys(scale["stage"])))
+    for stage, df in scale.groupby("stage", sort=False):
+        wall.plot(df["interactions"], df["wall_s"], marker="o", color=colors[stage], label=stage)
+        mem.plot(df["interactions"], df["peak_total_gib"], marker="o", color=colors[stage], label=stage)
+    # the whole pipeline only where every stage ran (a size cut short would show a false drop)
+    totals = scale[scale["complete"]].groupby("interactions", sort=True)["wall_s"].sum()
+    if not totals.empty:
+        wall.plot(totals.index, totals.values, marker="s", color="black", lw=2, label="all stages")
+    wall.set(xscale="log", yscale="log", xlabel="interactions", ylabel="seconds", title="Wall time per stage")
+    mem.set(xscale="log", xlabel="interactions", ylabel="GiB", title="Peak RSS of the stage's processes")
+    for ax in (wall, mem):
+        ax.grid(alpha=0.3, which="both")
+    wall.legend(fontsize="small", ncol=2)
+    return fig
+
+
+def scale(scale: pd.DataFrame) -> str:
+    return to_data_uri(scale_figure(scale))

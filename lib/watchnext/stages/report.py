@@ -11,6 +11,7 @@ goes to ``<report.out_dir>/report-<run_date>.html`` and to the stage's MLflow ru
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from pathlib import Path
@@ -148,8 +149,23 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
     else:
         missing["samples"] = missing[TABLE_RECOMMENDATIONS]
     out.update(_mlflow(cfg, run_date, missing))
+    if cfg.report.scale_results:
+        out.update(_scale(cfg.report.scale_results, missing))
     protocol = f"{ev.split} split, train ratio {ev.ratio}, seed {ev.seed}"
     return html.ReportData(run_date=run_date, k=ev.k, protocol=protocol, env=cfg.env, missing=missing, **out)
+
+
+def _scale(path: str, missing: dict[str, str]) -> dict[str, Any]:
+    """The finished stages of a scale results JSON; a missing or empty file leaves the section saying so."""
+    file = Path(path)
+    if not file.is_file():
+        missing["scale"] = f"no scale results at {path}: run `make scale`"
+        return {}
+    frame = D.scale_frame(json.loads(file.read_text(encoding="utf-8")))
+    if frame.empty:
+        missing["scale"] = f"no finished stage in {path}"
+        return {}
+    return {"scale": frame, "scale_source": str(file)}
 
 
 def _mlflow(cfg: Config, run_date: dt.date, missing: dict[str, str]) -> dict[str, Any]:

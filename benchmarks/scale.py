@@ -21,8 +21,9 @@ a sampler thread reads the process tree every ``--interval`` seconds (psutil) an
 Written after every stage (a run cut short keeps what finished): ``benchmarks/results/scale.json``
 (merged with earlier sizes), ``benchmarks/results/scale.md`` and ``scale.png`` (wall time and peak
 memory per stage against the interactions; the report stage of the run shows the same plot, with
-``report.scale_results`` pointed at the JSON); stage logs under ``benchmarks/results/scale/<size>/``. ``--deadline HH:MM`` (UTC) stops before a stage that would start
-after it, and kills a running stage at it. ``--resume --stages als,...`` reruns stages on a size's
+``report.scale_results`` pointed at the JSON); stage logs under ``benchmarks/results/scale/<size>/``.
+``--deadline HH:MM`` (UTC) stops before a stage that would start after it, and kills a running stage
+at it. ``--resume --stages als,...`` reruns stages on a size's
 existing tables (the scratch folder is kept unless ``--clean``).
 """
 

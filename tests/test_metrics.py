@@ -241,6 +241,43 @@ def test_intra_list_diversity_hand_example(spark: SparkSession) -> None:
     assert math.isnan(intra_list_diversity(recs.filter(f"{USER} = 3"), genres))
 
 
+def _ild_reference(lists: dict[int, list[int]], feats: dict[int, object], is_set: bool) -> float:
+    """Intra-list diversity by its definition, in plain Python."""
+    per_user = []
+    for items in lists.values():
+        d = []
+        for a, b in combinations(sorted({i for i in items if i in feats}), 2):
+            if is_set:
+                A, B = set(feats[a] or ()), set(feats[b] or ())  # type: ignore[call-overload]
+                d.append(1.0 - (len(A & B) / len(A | B) if A | B else 0.0))
+            elif feats[a] is not None and feats[b] is not None:
+                d.append(float(feats[a] != feats[b]))
+        if d:
+            per_user.append(sum(d) / len(d))
+    return float(np.mean(per_user)) if per_user else math.nan
+
+
+def test_intra_list_diversity_matches_the_definition_on_random_data(spark: SparkSession) -> None:
+    rng = random.Random(11)
+    # 150 distinct genres (three 64-bit words per set), null and empty sets, items 280-299 without a
+    # features row, lists of 0-14 rows with repeated items, 4 partitions
+    vocab = [f"g{j}" for j in range(150)]
+    genres: dict[int, object] = {
+        i: None if i % 17 == 0 else rng.sample(vocab, rng.choice([0, 1, 2, 3, 5])) for i in range(280)
+    }
+    clusters: dict[int, object] = {i: None if i % 13 == 0 else rng.randrange(6) for i in range(280)}
+    lists = {u: [rng.randrange(300) for _ in range(rng.randrange(15))] for u in range(150)}
+    recs = spark.createDataFrame([(u, i) for u, items in lists.items() for i in items], PAIRS).repartition(4)
+    g = spark.createDataFrame(list(genres.items()), GENRES)
+    c = spark.createDataFrame(list(clusters.items()), CLUSTERS)
+    assert intra_list_diversity(recs, g) == pytest.approx(_ild_reference(lists, genres, True), abs=TOL)
+    assert intra_list_diversity(recs, c, col_features="cluster") == pytest.approx(
+        _ild_reference(lists, clusters, False), abs=TOL
+    )
+    with pytest.raises(ValueError, match="item_features has 1 duplicated items in 'item_idx'"):
+        intra_list_diversity(recs, g.unionByName(g.limit(1)))
+
+
 def test_popularity_bias_hand_example(spark: SparkSession) -> None:
     # Train counts: item 1: 6, item 2: 2, item 3: 1, item 4: 1 (total 10, head share 0.8 -> 8).
     # Sorted by count: item 1 (before 0 < 8: head), item 2 (before 6 < 8: head), item 3 (before 8: tail), 4.

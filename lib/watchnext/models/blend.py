@@ -63,6 +63,7 @@ from watchnext.constants import (
     COL_SOURCES,
     COL_USER_IDX,
 )
+from watchnext.grouped import by_key
 from watchnext.models.similarity import item_based_scores, weighted_scores
 from watchnext.models.topk import _lookup, top_unseen
 
@@ -198,7 +199,6 @@ def cluster_backfill(
 # of a 20M-interaction run four times and built a collect_set object per row.
 _COUNT = -1  # source code of the per-user interaction-count rows shuffled with the candidates
 _CODE = "_code"
-_OUT_ROWS = 65_536  # rows per output Arrow batch
 
 
 def _check_sources(sources: Sequence[str]) -> None:
@@ -377,21 +377,6 @@ def _top_table(
     return out.append_column(COL_RANK, pa.array(rank[chosen], pa.int32()))
 
 
-def _by_user(df: DataFrame, partitions: int | None, step, schema: T.StructType) -> DataFrame:  # type: ignore[no-untyped-def]
-    """``df`` shuffled by user into ``partitions`` (default the shuffle partitions), then ``step``
-    (``pa.Table -> pa.Table``) applied to each whole partition: every user's rows are together."""
-    arrow = to_arrow_schema(schema)
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        parts = [b for b in batches if b.num_rows]
-        if parts:
-            out = step(pa.Table.from_batches(parts)).select(arrow.names).cast(arrow)
-            yield from out.to_batches(max_chunksize=_OUT_ROWS)
-
-    n = partitions or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
-    return df.repartition(n, COL_USER_IDX).mapInArrow(run, schema)
-
-
 def _pool_fields(sources: Sequence[str], cold: bool) -> list[T.StructField]:
     return [
         T.StructField(COL_USER_IDX, T.IntegerType(), False),
@@ -499,7 +484,7 @@ def pool(
     def step(t: pa.Table) -> pa.Table:
         return _pool_table(t, sources, m, normalization, prior, None)
 
-    return _by_user(_coded(candidates, sources, None), partitions, step, schema)
+    return by_key(_coded(candidates, sources, None), COL_USER_IDX, step, schema, partitions)
 
 
 def blend(
@@ -545,7 +530,7 @@ def select_top_n(
     def step(t: pa.Table) -> pa.Table:
         return _top_table(t, clusters, n, max_per_cluster, every=False)
 
-    return _by_user(scored, partitions, step, schema)
+    return by_key(scored, COL_USER_IDX, step, schema, partitions)
 
 
 def rank_candidates(
@@ -583,7 +568,7 @@ def rank_candidates(
         pooled = _pool_table(t, sources, m, normalization, prior, cold_threshold)
         return _top_table(_blend_table(pooled, sources, w, cold_w), clusters, n, max_per_cluster, every=True)
 
-    return _by_user(_coded(candidates, sources, counts), partitions, step, schema)
+    return by_key(_coded(candidates, sources, counts), COL_USER_IDX, step, schema, partitions)
 
 
 # -------------------------------------------------------------------------------- weight tuning

@@ -320,7 +320,7 @@ def _feature_table(item_features: DataFrame, col_item: str, col_features: str) -
     uint64 words of bits (``V`` distinct values; a null array is the empty set), or its scalar as an
     int64 code (-1 for null). One row per item (item-sized, collected); a duplicated item is an error."""
     ftype = item_features.schema[col_features].dataType
-    rows = item_features.select(col_item, col_features).toArrow()
+    rows = item_features.select(col_item, col_features).where(F.col(col_item).isNotNull()).toArrow()
     items = rows.column(col_item).to_numpy(zero_copy_only=False)
     order = np.argsort(items, kind="stable")
     items = items[order]

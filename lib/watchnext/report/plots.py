@@ -140,7 +140,7 @@ def scale_figure(scale: pd.DataFrame) -> Figure:
     mem.set(xscale="log", xlabel="interactions", ylabel="GiB", title="Peak RSS of the stage's processes")
     for ax in (wall, mem):
         ax.grid(alpha=0.3, which="both")
-    wall.legend(fontsize="small", ncol=2)
+    fig.legend(*wall.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     return fig
 
 

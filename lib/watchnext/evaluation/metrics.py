@@ -354,9 +354,8 @@ def _list_diversity(
     keep = np.ones(len(users), bool)
     keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])  # distinct (user, item)
     pos = np.searchsorted(feat_items, items).clip(0, max(len(feat_items) - 1, 0))
-    keep &= len(feat_items) > 0
-    if len(feat_items):
-        keep &= feat_items[pos] == items  # items without a features row are left out
+    # items without a features row are left out (all of them when there are no features)
+    keep &= feat_items[pos] == items if len(feat_items) else False
     users, pos = users[keep], pos[keep]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, int)
     sizes = np.diff(np.r_[starts, len(users)])

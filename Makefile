@@ -89,7 +89,8 @@ package: $(VENV)/.deps-stamp ## Build dist/watchnext-*.whl (pip install on clust
 	cp dist/watchnext-*.whl dist/watchnext.zip
 	@ls -1 dist
 
-run: setup ## Run the whole pipeline locally (Spark local mode, Delta in ./lakehouse, MLflow in ./mlruns), ending with the HTML report in ./reports
+# Only the job environment: no Airflow, no browser, no root (the browser is for the report's test).
+run: $(VENV)/.horovod-stamp ## Set up the job environment, then run the whole pipeline locally (Delta in ./lakehouse, MLflow in ./mlruns, the report in ./reports)
 	$(VENV)/bin/watchnext run $(ARGS)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.

@@ -20,7 +20,7 @@ def test_layers_merge_in_order(tmp_path: Path) -> None:
     assert cfg.spark.shuffle_partitions == 3  # extra file beats local.yaml
     assert cfg.ingest.synthetic.n_users == 9  # --conf beats files
     assert cfg.spark.log_level == "ERROR"
-    assert cfg.storage.lakehouse == "./lakehouse"  # base.yaml
+    assert cfg.storage.lakehouse == f"file://{Path.cwd() / 'lakehouse'}"  # base.yaml, made absolute
     assert cfg.env == "local"
 
 

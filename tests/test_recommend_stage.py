@@ -10,6 +10,7 @@ failure in the middle of the stage leaving the previous table versions as they w
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,8 +189,16 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
     row = recs.select("run_id", "model_versions", "sources").first()
     assert row.run_id == summary["mlflow_run_id"] and row.model_versions == {"als": "1", "clusters": "1"}
     assert set(row.sources) <= {"als", "item", "user", "cluster", "popular", "trending", "backfill"}
-    props = DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS)).detail().first().properties
-    assert props["watchnext.run_id"] == summary["mlflow_run_id"]
+    # ... in the same commit as the data: each table's newest commit is the write, naming the run
+    lineage = {"watchnext.run_id": summary["mlflow_run_id"], "watchnext.run_date": RUN_DATE.isoformat()}
+    for table in (TABLE_RECOMMENDATIONS, TABLE_GENRE_ROWS, TABLE_BECAUSE_YOU_WATCHED):
+        commit = tables.last_commit(spark, cfg.table_path(table))
+        assert commit["operation"] == "WRITE" and int(commit["operationMetrics"]["numOutputRows"]) > 0
+        assert json.loads(commit["userMetadata"]) == lineage
+    latest_commit = tables.last_commit(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
+    assert latest_commit["operation"] in ("CREATE OR REPLACE TABLE AS SELECT", "CREATE TABLE AS SELECT")
+    props = DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)).detail().first().properties
+    assert {k: props[k] for k in lineage} == lineage
 
     # recommendations_latest holds the same rows, and the serving read returns what Spark wrote
     latest = tables.read(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))

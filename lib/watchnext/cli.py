@@ -193,11 +193,11 @@ def format_summary(result: dict[str, dict[str, Any]], cfg: Any) -> str:
 
 
 def delta_tables(lakehouse: str) -> list[tuple[str, str]]:
-    """``(name, absolute path)`` of the Delta tables in a local lakehouse folder (none for URIs)."""
-    from pathlib import Path
+    """``(name, absolute path)`` of the Delta tables in a local lakehouse folder (none for remote URIs)."""
+    from watchnext.locations import local_path
 
-    root = Path(lakehouse.removeprefix("file:"))
-    if "://" in lakehouse or not root.is_dir():
+    root = local_path(lakehouse)
+    if root is None or not root.is_dir():
         return []
     return [(p.name, str(p.resolve())) for p in sorted(root.iterdir()) if (p / "_delta_log").is_dir()]
 

@@ -16,10 +16,20 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from watchnext import locations
 
 ENV_VAR = "WATCHNEXT_ENV"
 CONF_DIR_VAR = "WATCHNEXT_CONF_DIR"
@@ -35,6 +45,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Storage locations are made absolute where the config is validated (watchnext.locations), relative to
+# the working directory of the process that loads it; defaults are validated too, so a default
+# "./lakehouse" is resolved like a configured one.
+StorageUri = Annotated[str, AfterValidator(locations.resolve_uri)]  # Spark / Delta / MLflow opens it
+LocalPath = Annotated[str, AfterValidator(locations.resolve_path)]  # only this machine's Python does
+TrackingUri = Annotated[str, AfterValidator(locations.resolve_sqlite_uri)]
+
+
 # --------------------------------------------------------------------------------------------- spark
 class SparkConfig(_Strict):
     app_name: str = "watchnext"
@@ -47,7 +65,7 @@ class SparkConfig(_Strict):
     delta_jars: Literal["maven", "provided"] = "maven"
     extra_packages: list[str] = Field(default_factory=list)
     driver_memory: str | None = None
-    local_dir: str | None = None
+    local_dir: LocalPath | None = None  # spark.local.dir (scratch space): a local folder
     ui_enabled: bool = False
     conf: dict[str, str] = Field(default_factory=dict)  # any extra spark.* settings
 
@@ -55,16 +73,16 @@ class SparkConfig(_Strict):
 # ------------------------------------------------------------------------------------------- storage
 class StorageConfig(_Strict):
     # Root under which every Delta table lives as <lakehouse>/<table>; a path or a URI (s3a://, abfss://).
-    lakehouse: str = "./lakehouse"
-    checkpoint_dir: str = "./lakehouse/_checkpoints"
-    cache_dir: str = "./data/cache"  # downloaded datasets
+    lakehouse: StorageUri = Field("./lakehouse", validate_default=True)
+    checkpoint_dir: StorageUri = Field("./lakehouse/_checkpoints", validate_default=True)
+    cache_dir: LocalPath = Field("./data/cache", validate_default=True)  # downloaded datasets
 
 
 # -------------------------------------------------------------------------------------------- mlflow
 class MlflowConfig(_Strict):
     enabled: bool = True
-    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_location: str | None = "./mlruns/artifacts"
+    tracking_uri: TrackingUri = Field("sqlite:///mlruns/mlflow.db", validate_default=True)
+    artifact_location: StorageUri | None = Field("./mlruns/artifacts", validate_default=True)
     registry_uri: str | None = None
     experiment: str = "watchnext"
 
@@ -87,7 +105,7 @@ class ValidationConfig(_Strict):
 
 class MovieLensConfig(_Strict):
     # A local folder of any supported layout (ml-100k, ml-1m, ml-latest(-small), ml-25m) ...
-    path: str | None = None
+    path: LocalPath | None = None
     # ... or a dataset name to download from GroupLens (checksum-verified, cached under cache_dir).
     name: str | None = None
     base_url: str = "https://files.grouplens.org/datasets/movielens"
@@ -113,7 +131,7 @@ class GenericItemColumns(_Strict):
 
 
 class GenericConfig(_Strict):
-    path: str | None = None
+    path: StorageUri | None = None
     format: Literal["csv", "parquet"] = "csv"
     sep: str = ","
     header: bool = True
@@ -121,7 +139,7 @@ class GenericConfig(_Strict):
     columns: GenericColumns = Field(default_factory=GenericColumns)
     # "epoch_seconds", "epoch_millis" or a Spark datetime pattern such as "yyyy-MM-dd HH:mm:ss"
     timestamp_format: str = "epoch_seconds"
-    items_path: str | None = None
+    items_path: StorageUri | None = None
     items_format: Literal["csv", "parquet"] = "csv"
     item_columns: GenericItemColumns = Field(default_factory=GenericItemColumns)
     genre_sep: str = "|"
@@ -434,14 +452,14 @@ class NcfConfig(_Strict):
 class ReportConfig(_Strict):
     """The run report (stages/report.py): one self-contained HTML page per run date."""
 
-    out_dir: str = "./reports"  # report-<run_date>.html is written here (a local folder or a URI)
+    out_dir: StorageUri = Field("./reports", validate_default=True)  # report-<run_date>.html is written here (a local folder or a URI)
     sample_users: int = Field(5, ge=0, le=100)  # users whose lists (with reasons) are shown
     popularity_buckets: int = Field(10, ge=2, le=100)  # item-popularity buckets of the exposure plot
     # Base of the links to the stage runs; null: the tracking URI when it is a server, else `mlflow ui`.
     mlflow_ui_url: str | None = None
     # A `benchmarks/scale.py` results JSON (a local path): adds a "Scale runs" section, wall time and
     # peak memory per stage against the data size. null: no such section (`make scale` sets it).
-    scale_results: str | None = None
+    scale_results: LocalPath | None = None
 
 
 # ---------------------------------------------------------------------------------------------- root

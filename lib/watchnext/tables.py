@@ -28,6 +28,12 @@ def read(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("delta").load(path)
 
 
+def last_commit(spark: SparkSession, path: str) -> dict[str, object]:
+    """The newest commit of the table: ``version``, ``operation``, ``userMetadata``, ``operationMetrics``."""
+    row = DeltaTable.forPath(spark, path).history(1).first()
+    return {k: row[k] for k in ("version", "operation", "userMetadata", "operationMetrics")}
+
+
 def read_run_date(spark: SparkSession, path: str, run_date: dt.date) -> DataFrame:
     """The rows of one run date of a table partitioned by ``run_date``."""
     df = read(spark, path).where(f"{COL_RUN_DATE} = DATE'{run_date.isoformat()}'")
@@ -82,13 +88,9 @@ def _sql_literal(v: object) -> str:
 
 
 def _identifier(path: str) -> str:
+    """A path-based SQL identifier; ``path`` must be absolute (the config resolves every location:
+    ``delta.`./x``` does not resolve against the working directory)."""
     return "delta.`" + path.replace("`", "``") + "`"
-
-
-def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
-    """Set table properties (e.g. the MLflow run that wrote the table) in one metadata commit."""
-    pairs = ", ".join(f"{_sql_literal(k)} = {_sql_literal(v)}" for k, v in sorted(properties.items()))
-    spark.sql(f"ALTER TABLE {_identifier(path)} SET TBLPROPERTIES ({pairs})")
 
 
 def replace_with_properties(

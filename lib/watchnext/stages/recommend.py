@@ -23,12 +23,15 @@
      cluster's popular items;
    * ``because_you_watched``: item_id, rank, neighbor_id, title, score, source, reason.
 
-   Table properties ``watchnext.run_id`` / ``watchnext.run_date`` record the MLflow run.
+   Each write is one commit whose ``userMetadata`` is ``{"watchnext.run_date", "watchnext.run_id"}`` (the
+   MLflow run); ``recommendations_latest`` also carries them as table properties, set by the same
+   ``CREATE OR REPLACE`` commit that writes its rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -212,11 +215,12 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         out = _decorate(top, users, items, labels, versions).select(
             "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
         )
+        # Lineage travels in the data commit itself: the rows carry run_id / run_date, the commit's
+        # userMetadata names the run (no second ALTER TABLE commit a crash could separate from it).
         props = {"watchnext.run_id": run_id, "watchnext.run_date": run_date.isoformat()}
-        note = f"recommend run_id={run_id}"
+        note = json.dumps(props, sort_keys=True)
         path = cfg.table_path(TABLE_RECOMMENDATIONS)
         tables.overwrite_run_date(out, path, run_date, note)
-        tables.set_properties(spark, path, props)
         summary["latest"] = _publish_latest(spark, cfg, run_date, props)
 
         lineage = [F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)]
@@ -226,7 +230,6 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         }
         for table, df in extra.items():
             tables.overwrite_run_date(df.select("*", *lineage), cfg.table_path(table), run_date, note)
-            tables.set_properties(spark, cfg.table_path(table), props)
         summary["publish_seconds"] = round(time.perf_counter() - ts, 2)
         summary["reasons"] = _reason_mix(out)
         tracking.log_metrics({f"reason_share.{r}": v for r, v in summary["reasons"].items()})

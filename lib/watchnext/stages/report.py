@@ -20,7 +20,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import tables, tracking
+from watchnext import locations, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_ITEM,
@@ -75,14 +75,14 @@ def report_path(out_dir: str, run_date: dt.date) -> str:
 def write_page(page: str, out_dir: str, run_date: dt.date) -> str:
     """Write the page to a local folder or a filesystem URI (s3://, abfss://, ... via pyarrow.fs)."""
     path = report_path(out_dir, run_date)
-    if "://" in out_dir and not out_dir.startswith("file://"):
+    local = locations.local_path(path)
+    if local is None:
         from pyarrow import fs
 
         filesystem, where = fs.FileSystem.from_uri(path)
         with filesystem.open_output_stream(where) as out:
             out.write(page.encode("utf-8"))
         return path
-    local = Path(path.removeprefix("file://"))
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text(page, encoding="utf-8")
     return str(local.resolve())

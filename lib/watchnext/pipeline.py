@@ -11,7 +11,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from watchnext import tracking
+from watchnext import progress, tracking
 from watchnext.config import Config
 from watchnext.session import build_session
 
@@ -49,12 +49,19 @@ def run_stage(spark: SparkSession, cfg: Config, run_date: dt.date, name: str) ->
     """One stage in its own MLflow run (nested when a pipeline run is active)."""
     fn = stage_function(name)
     log.info("stage %s: starting (run_date %s)", name, run_date)
+    progress.stage_started(name)
     t0 = time.perf_counter()
-    with tracking.stage_run(cfg, run_date, name) as run_id:
-        summary = fn(spark, cfg, run_date)
-        tracking.log_metrics({"stage_seconds": time.perf_counter() - t0})
+    try:
+        with tracking.stage_run(cfg, run_date, name) as run_id:
+            summary = fn(spark, cfg, run_date)
+            tracking.log_metrics({"stage_seconds": time.perf_counter() - t0})
+    except BaseException as exc:
+        progress.stage_failed(name, time.perf_counter() - t0, exc)
+        raise
     summary = {"mlflow_run_id": run_id, **summary}
-    log.info("stage %s: done in %.1f s", name, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    log.info("stage %s: done in %.1f s", name, seconds)
+    progress.stage_finished(name, seconds)
     return summary
 
 

@@ -52,6 +52,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from watchnext import progress
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_CLUSTER,
@@ -673,6 +674,10 @@ def tune_weights(
         trials.append((w, value))
         return value
 
-    study.optimize(objective, n_trials=n_trials)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        callbacks=[progress.optuna_callback("blend weights", n_trials, f"ndcg_at_{k}")],
+    )
     best = {anchor: 1.0, **{s: float(study.best_params[s]) for s in free}}
     return WeightSearch(weights=best, value=float(study.best_value), trials=trials, single_source=single)

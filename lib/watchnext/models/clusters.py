@@ -64,7 +64,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from watchnext import progress
 from watchnext.checks import require_columns
+from watchnext.concurrency import map_ordered
 from watchnext.config import ClustersConfig
 from watchnext.constants import (
     COL_CLUSTER,
@@ -218,8 +220,16 @@ def fit_clusters(
     models: dict[int, ClusterModel] = {}
     silhouette: dict[int, float] = {}
     try:
+        # Every (k, start) fit is independent and deterministic given its seed (watchnext.concurrency).
+        keys = [(k, i) for k in ks for i in range(n_init)]
+        fits_of = map_ordered(
+            lambda key: _estimator(params, key[0], params.seed + key[1], col_features).fit(nonzero),
+            keys,
+            params.concurrent_fits,
+        )
+        fitted = dict(zip(keys, fits_of, strict=True))
         for k in ks:
-            fits = [_estimator(params, k, params.seed + i, col_features).fit(nonzero) for i in range(n_init)]
+            fits = [fitted[(k, i)] for i in range(n_init)]
             costs = [m.summary.trainingCost for m in fits]
             model = fits[_first_lowest(costs)]
             silhouette[k] = float(evaluator.evaluate(model.transform(nonzero)))
@@ -228,6 +238,9 @@ def fit_clusters(
                 "clusters: %s k=%d cost %.4f (starts: %s) silhouette %.4f",
                 params.algorithm, k, min(costs), ", ".join(f"{c:.4f}" for c in costs), silhouette[k],
             )  # fmt: skip
+            progress.trial_finished(
+                "clusters k", len(silhouette), len(ks), silhouette[k], max(silhouette.values()), "silhouette"
+            )
         best = max(ks, key=lambda k: (silhouette[k], -k))
         k_model = len(models[best].clusterCenters())  # bisecting k-means may leave fewer leaves than asked
         renumber = _renumbering(models[best], nonzero, col_item_idx, col_cluster)

@@ -33,6 +33,7 @@ from pyspark import StorageLevel
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame
 
+from watchnext import progress
 from watchnext.config import AlsConfig, AlsSearchSpace, FloatRange, IntRange
 from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_USER_IDX
 from watchnext.evaluation.metrics import ranking_metrics
@@ -124,6 +125,13 @@ def _sampler(method: Method, dims: dict[str, IntRange | FloatRange], n_trials: i
     raise ValueError(f"method must be 'grid', 'random' or 'tpe', got {method!r}")
 
 
+def _start_point(base: AlsParams, dims: dict[str, IntRange | FloatRange]) -> dict[str, Any] | None:
+    """``base``'s values of the searched dimensions, or None when one lies outside the space."""
+    point = {name: getattr(base, name) for name in dims}
+    inside = all(d.low <= point[name] <= d.high for name, d in dims.items())
+    return point if inside else None
+
+
 def _suggest(trial: Any, method: Method, dims: dict[str, IntRange | FloatRange]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, d in dims.items():
@@ -205,8 +213,14 @@ def tune_als(
         return value
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    start = _start_point(base, dims) if method != "grid" else None
+    if start:
+        # The configured parameters are the first trial: the search can only add to a known-good point.
+        study.enqueue_trial(start)
     try:
-        study.optimize(objective, n_trials=n_trials)
+        study.optimize(
+            objective, n_trials=n_trials, callbacks=[progress.optuna_callback("als tuning", n_trials, metric)]
+        )
     finally:
         for df in owned:
             df.unpersist()

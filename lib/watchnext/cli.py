@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2 API for Horovod (see STACK.md)
@@ -110,28 +112,131 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"'{args.command}' is not a registered stage yet; use --user ID for the serving read")
     if getattr(args, "n", None) is not None:
         parser.error("--n needs --user")
-    # Only the commands that run Spark get a session (and pay for the JVM).
-    from watchnext.session import PreflightError
+    return run_command(args, cfg)
 
+
+def run_command(args: argparse.Namespace, cfg: Any) -> int:
+    """The commands that start Spark: ``run``, a stage, ``generate``.
+
+    On a terminal (and without ``-v``) everything the process and its children print goes to a log file
+    (watchnext.runlog) and the terminal shows one live line per stage and a summary; otherwise the log
+    stays on stderr, as a scheduler or a pipe expects. A failure ends with one line naming the stage and
+    the cause (the traceback is in the log) and exit status 1.
+    """
+    from watchnext import console, progress, runlog
+    from watchnext.session import PreflightError
+    from watchnext.summary import summarize
+
+    route_optuna_logging()
+    started, t0 = time.time(), time.perf_counter()
+    log_file = None
+    out, err = sys.stdout, sys.stderr
+    if not args.verbose and runlog.can_redirect():
+        log_file = runlog.log_path(cfg.storage.lakehouse, args.run_date, dt.datetime.now())
+        # Kept to the end of the process: what the JVM and py4j print while shutting down goes there too.
+        terminal = runlog.Redirect(log_file).terminal
+        out, err = terminal.out, terminal.err
+    screen = console.make_console(err, width=_width(err))
+    recorder = progress.Recorder()
+    live = console.LiveView(screen) if log_file else None
+    if live is not None:
+        screen.print(console.header(args.command, args.run_date, log_file))
     try:
-        spark = pipeline.session_for(cfg)
+        with progress.observing(progress.Fanout(recorder, *([live] if live else []))), live or nullcontext():
+            result = _run(args, cfg)
     except PreflightError as exc:
-        print(str(exc), file=sys.stderr)
+        print(str(exc), file=err)
         return 3
+    except (Exception, KeyboardInterrupt) as exc:
+        stage = _failed_step(recorder.current, args.command)
+        log.error("%s failed", stage, exc_info=exc)
+        screen.print(console.failure_line(stage, exc, log_file), style="red", soft_wrap=True)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str), file=out, flush=True)
+        return 0
+    summary = summarize(
+        cfg,
+        args.command,
+        args.run_date,
+        result,
+        recorder=recorder,
+        since=started,
+        seconds=time.perf_counter() - t0,
+        log_file=str(log_file) if log_file else None,
+        location_args=location_args(args),
+    )
+    console.make_console(out, width=_width(out)).print(console.render_summary(summary))
+    return 0
+
+
+_STARTUP = "spark start"  # the step before the first stage: JVM, Delta jars, session
+
+
+def _failed_step(current: str | None, command: str) -> str:
+    if current is None:  # between stages: the pipeline's own checks
+        return f"watchnext {command}"
+    return current if current == _STARTUP else f"stage {current}"
+
+
+def _run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    from watchnext import pipeline, progress
+
+    progress.stage_started(_STARTUP)
+    t0 = time.perf_counter()
+    try:
+        # Only the commands that run Spark get a session (and pay for the JVM).
+        spark = pipeline.session_for(cfg)
+    except BaseException as exc:
+        progress.stage_failed(_STARTUP, time.perf_counter() - t0, exc)
+        raise
+    progress.stage_finished(_STARTUP, time.perf_counter() - t0)
     if args.command == "generate":
         from watchnext.ingest.synthetic import generate, write_csv
 
+        progress.stage_started("generate")
+        t0 = time.perf_counter()
         data = generate(spark, cfg.ingest.synthetic)
         # Plain files for local folders (the MovieLens reader's layout); part-file folders on URIs.
         write_csv(data, args.out, single_file="://" not in args.out)
-        result: dict[str, Any] = {"generate": {"out": args.out}}
-    elif args.command == "run":
+        progress.stage_finished("generate", time.perf_counter() - t0)
+        return {"generate": {"out": args.out}}
+    if args.command == "run":
         stages = args.stages.split(",") if args.stages else None
-        result = pipeline.run_pipeline(spark, cfg, args.run_date, stages)
-    else:
-        result = {args.command: pipeline.run_stage(spark, cfg, args.run_date, args.command)}
-    print(json.dumps(result, indent=2, default=str) if args.json else format_summary(result, cfg))
-    return 0
+        return pipeline.run_pipeline(spark, cfg, args.run_date, stages)
+    return {args.command: pipeline.run_stage(spark, cfg, args.run_date, args.command)}
+
+
+def route_optuna_logging() -> None:
+    """Optuna logs through a stderr handler of its own with propagation off, so its "Trial N finished"
+    lines bypassed the log file and repeated the line watchnext.models.tuning logs for every trial. Its
+    records now go through the root handlers like every other library's, warnings and up."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.WARNING)
+
+
+def location_args(args: argparse.Namespace) -> list[str]:
+    """The arguments that say where the tables are (``--env``, ``--config``, ``--conf storage.*``), to
+    repeat in a suggested command."""
+    out: list[str] = ["--env", args.env] if args.env else []
+    for f in args.config:
+        out += ["--config", f]
+    for kv in args.conf:
+        if kv.strip().startswith("storage."):
+            out += ["--conf", kv]
+    return out
+
+
+def _width(stream: Any) -> int | None:
+    """The terminal's width (rich would ask fds 0-2, now the log file); None: rich's fallback."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
+    return columns or None  # 0 on a terminal that never had its size set
 
 
 def show_config(cfg: Any, key: str | None = None) -> int:
@@ -170,25 +275,6 @@ def format_recommendations(recs: Any) -> str:
     for r in recs.items:
         line = f"{r.rank:>2}. {r.display_title:<{width}}  {r.score:.3f}"
         lines.append(f"{line}  {r.reason}" if r.reason else line)
-    return "\n".join(lines)
-
-
-def format_summary(result: dict[str, dict[str, Any]], cfg: Any) -> str:
-    """A short human summary of each stage's result."""
-    lines = []
-    for stage, summary in result.items():
-        lines.append(f"== {stage}")
-        for k, v in summary.items():
-            if isinstance(v, dict):
-                lines.append(f"   {k}:")
-                lines.extend(f"      {kk:<40} {vv}" for kk, vv in v.items())
-            else:
-                lines.append(f"   {k:<30} {v}")
-    lines.append(f"Delta tables under {cfg.storage.lakehouse}:")
-    lines.extend(f"   {name:<24} {path}" for name, path in delta_tables(cfg.storage.lakehouse))
-    lines.append(f"MLflow store {cfg.mlflow.tracking_uri}")
-    if "recommend" in result:
-        lines.append("Serve one user's list: watchnext recommend --user <user_id>")
     return "\n".join(lines)
 
 

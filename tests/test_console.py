@@ -16,6 +16,7 @@ import re
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -149,6 +150,23 @@ def test_log_dir_sits_beside_a_local_lakehouse_and_in_the_working_folder_otherwi
     assert runlog.log_dir("s3a://bucket/lake") == Path("logs").resolve()
     path = runlog.log_path(f"file:{tmp_path}/lake", RUN_DATE, dt.datetime(2026, 12, 6, 9, 5, 7))
     assert path == tmp_path / "logs" / "watchnext-2024-06-01-20261206T090507.log"
+
+
+def test_open_log_falls_back_to_the_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Path] = []
+
+    class Fake:
+        def __init__(self, path: Path) -> None:
+            opened.append(path)
+            if path.parent == tmp_path / "logs":
+                raise PermissionError(13, "Permission denied")  # what a read-only folder says
+            self.path = path
+
+    monkeypatch.setattr(runlog, "Redirect", Fake)
+    got = runlog.open_log(str(tmp_path / "lake"), RUN_DATE, dt.datetime(2026, 12, 6, 9, 5, 7))
+    name = "watchnext-2024-06-01-20261206T090507.log"
+    assert opened == [tmp_path / "logs" / name, Path(tempfile.gettempdir()) / "watchnext-logs" / name]
+    assert got.path == opened[-1]
 
 
 CHILD = """
@@ -400,6 +418,16 @@ def test_json_goes_to_the_real_stdout_on_a_terminal(tmp_path: Path) -> None:
     assert rc == 0, terminal + out
     assert json.loads(out)["ingest"]["seconds"] == 0.1  # stdout holds the JSON and nothing else
     assert "✓ ingest" in terminal and "Delta tables" not in terminal
+
+
+def test_failure_line_names_the_step_the_cause_and_the_log() -> None:
+    err = OSError("disk full\nat /data")
+    assert console.failure_line("stage ingest", err, "/l/x.log") == (
+        "watchnext: stage ingest failed: OSError: disk full (log: /l/x.log)"
+    )
+    assert console.failure_line("spark start", KeyboardInterrupt(), None) == (
+        "watchnext: interrupted during spark start"
+    )
 
 
 def test_format_seconds() -> None:

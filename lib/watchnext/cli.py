@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2 API for Horovod (see STACK.md)
@@ -129,13 +130,12 @@ def run_command(args: argparse.Namespace, cfg: Any) -> int:
 
     route_optuna_logging()
     started, t0 = time.time(), time.perf_counter()
-    log_file = None
+    log_file: Path | None = None
     out, err = sys.stdout, sys.stderr
     if not args.verbose and runlog.can_redirect():
-        log_file = runlog.log_path(cfg.storage.lakehouse, args.run_date, dt.datetime.now())
         # Kept to the end of the process: what the JVM and py4j print while shutting down goes there too.
-        terminal = runlog.Redirect(log_file).terminal
-        out, err = terminal.out, terminal.err
+        redirect = runlog.open_log(cfg.storage.lakehouse, args.run_date, dt.datetime.now())
+        log_file, out, err = redirect.path, redirect.terminal.out, redirect.terminal.err
     screen = console.make_console(err, width=_width(err))
     recorder = progress.Recorder()
     live = console.LiveView(screen) if log_file else None

@@ -201,6 +201,10 @@ def _table(first: str, *right: str) -> Table:
 
 
 def failure_line(stage: str, error: BaseException, log_file: str | Path | None) -> str:
-    """``watchnext: stage als failed: ValueError: ... (log: /data/logs/....log)``: one line."""
-    line = f"watchnext: {stage} failed: {error_text(error)}"
+    """``watchnext: stage als failed: ValueError: ... (log: /data/logs/....log)``: one line (``watchnext:
+    interrupted during stage als (log: ...)`` after Ctrl-C)."""
+    if isinstance(error, KeyboardInterrupt):
+        line = f"watchnext: interrupted during {stage}"
+    else:
+        line = f"watchnext: {stage} failed: {error_text(error)}"
     return f"{line} (log: {log_file})" if log_file else line

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -32,6 +33,16 @@ def log_dir(lakehouse: str) -> Path:
 def log_path(lakehouse: str, run_date: dt.date, started: dt.datetime) -> Path:
     """``<log_dir>/watchnext-<run date>-<start time>.log``: one file per invocation, sorted by date."""
     return log_dir(lakehouse) / f"watchnext-{run_date.isoformat()}-{started:%Y%m%dT%H%M%S}.log"
+
+
+def open_log(lakehouse: str, run_date: dt.date, started: dt.datetime) -> Redirect:
+    """Redirect to :func:`log_path`; where that folder cannot be written, to the same name under the
+    system's temporary folder (a read-only checkout must not stop a run for want of a log)."""
+    path = log_path(lakehouse, run_date, started)
+    try:
+        return Redirect(path)
+    except OSError:
+        return Redirect(Path(tempfile.gettempdir()) / "watchnext-logs" / path.name)
 
 
 @dataclass

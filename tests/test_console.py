@@ -420,6 +420,20 @@ def test_json_goes_to_the_real_stdout_on_a_terminal(tmp_path: Path) -> None:
     assert "✓ ingest" in terminal and "Delta tables" not in terminal
 
 
+def test_live_lines_keep_marks_and_times_when_a_note_is_too_long() -> None:
+    con = Console(file=io.StringIO(), width=70, force_terminal=True, color_system=None)
+    with console.LiveView(con) as view:
+        view.stage_started("als")
+        view.trial_finished(progress.TrialEvent("als tuning", 2, 3, 0.4, 0.4427, "ndcg_at_10"))
+        view.stage_finished("als", 2.0)
+        view.stage_started("recommend")
+        view.stage_failed("recommend", 3.0, RuntimeError("9 users would get a list other than 10 items " * 3))
+    last = ANSI.sub("", con.file.getvalue()).split("\r")[-1].splitlines()  # type: ignore[attr-defined]
+    assert re.match(r"✓ als +0:00:0\d ━+ +als tuning 2/3", last[0]), last
+    assert re.match(r"✗ recommend +0:00:0\d +RuntimeError: 9 u.*…$", last[1].rstrip()), last
+    assert max(len(x.rstrip()) for x in last) <= 70
+
+
 def test_failure_line_names_the_step_the_cause_and_the_log() -> None:
     err = OSError("disk full\nat /data")
     assert console.failure_line("stage ingest", err, "/l/x.log") == (

@@ -26,6 +26,7 @@ from watchnext.summary import RunSummary, error_text, local_dir
 STATUS_MARK = {"done": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("–", "dim")}
 METRIC_LABEL = {"catalog_coverage": "coverage", "hit_rate": "hit rate"}
 BAR_WIDTH = 20
+LINE_RESERVED = 2 + 16 + 8 + BAR_WIDTH + 4  # a live line's mark, name, time, bar and gaps
 
 
 def make_console(stream: TextIO, width: int | None = None) -> Console:
@@ -74,17 +75,31 @@ class _Trials(ProgressColumn):
         return ProgressBar(total=total, completed=task.fields.get("trial_done", 0), width=BAR_WIDTH)
 
 
+class _Note(ProgressColumn):
+    """The stage's note (its search, or its error), cut to what the terminal has left beside the other
+    columns: rich would otherwise shrink every column alike and drop the marks and times first."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+        self.console = console
+
+    def render(self, task: Task) -> RenderableType:
+        text = Text(str(task.fields.get("note", "")), no_wrap=True)
+        text.truncate(max(10, self.console.width - LINE_RESERVED), overflow="ellipsis")
+        return text
+
+
 class LiveView(Observer):
     """One live line per stage on ``console``; use it as a context manager around the work."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            _Status(finished_text=" "),
-            TextColumn("{task.description}", table_column=Column(min_width=14)),
-            TimeElapsedColumn(),
-            _Trials(),
-            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+            _Status(finished_text=" ", table_column=Column(no_wrap=True)),
+            TextColumn("{task.description}", table_column=Column(min_width=14, no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            _Trials(table_column=Column(no_wrap=True)),
+            _Note(console),
             console=console,
             # Not the default True: rich would then replace sys.stdout/sys.stderr and print everything
             # written there (third-party noise) above the live lines, on the terminal.

@@ -245,6 +245,44 @@ def test_table_rows_come_from_the_log_statistics(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def _vector_table(path: Path, committed_ms: int, rows: int) -> None:
+    """A one-commit Delta log as Spark writes it for a table with an ML vector column (a ``udt``
+    type, which ``deltalake`` refuses to open)."""
+    byte = {"name": "type", "type": "byte", "nullable": False, "metadata": {}}
+    values = {"name": "values", "type": {"type": "array", "elementType": "double", "containsNull": False}}
+    vector = {
+        "type": "udt",
+        "class": "org.apache.spark.ml.linalg.VectorUDT",
+        "pyClass": "pyspark.ml.linalg.VectorUDT",
+        "sqlType": {"type": "struct", "fields": [byte, {**values, "nullable": True, "metadata": {}}]},
+    }
+    schema = {
+        "type": "struct",
+        "fields": [{"name": "features", "type": vector, "nullable": True, "metadata": {}}],
+    }
+    actions = [
+        {"commitInfo": {"timestamp": committed_ms, "operation": "WRITE",
+                        "operationMetrics": {"numFiles": "0", "numOutputRows": str(rows)}}},
+        {"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}},
+        {"metaData": {"id": "t", "format": {"provider": "parquet", "options": {}}, "partitionColumns": [],
+                      "schemaString": json.dumps(schema), "configuration": {}, "createdTime": committed_ms}},
+    ]  # fmt: skip
+    (path / "_delta_log").mkdir(parents=True)
+    (path / "_delta_log" / f"{0:020d}.json").write_text("".join(json.dumps(a) + "\n" for a in actions))
+
+
+def test_a_table_deltalake_cannot_open_counts_its_last_commit(tmp_path: Path) -> None:
+    now = time.time()
+    _vector_table(tmp_path / "item_features", int(now * 1000), 150)
+    _vector_table(tmp_path / "old_features", int((now - 3600) * 1000), 99)
+    with pytest.raises(Exception, match="udt"):
+        table_rows(tmp_path / "item_features")
+    assert written_tables(str(tmp_path), RUN_DATE, since=now - 60) == [
+        TableLine("item_features", 150, "last commit", str(tmp_path / "item_features"))
+    ]  # the old table is left out by its commit time, though deltalake cannot read its log
+    assert [t.name for t in written_tables(str(tmp_path), RUN_DATE)] == ["item_features", "old_features"]
+
+
 def test_summary_of_a_results_dict(tmp_path: Path) -> None:
     lake = tmp_path / "lakehouse"
     since = time.time()

@@ -24,6 +24,11 @@ from watchnext.progress import Observer, TrialEvent
 from watchnext.summary import RunSummary, error_text, local_dir
 
 STATUS_MARK = {"done": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("–", "dim")}
+SCOPE_LABEL = {
+    "run date": "of the run date",
+    "table": "whole table",
+    "last commit": "written by the last commit",
+}
 METRIC_LABEL = {"catalog_coverage": "coverage", "hit_rate": "hit rate"}
 BAR_WIDTH = 20
 LINE_RESERVED = 2 + 16 + 8 + BAR_WIDTH + 4  # a live line's mark, name, time, bar and gaps
@@ -179,7 +184,7 @@ def render_summary(s: RunSummary) -> Group:
         tables.add_column("")
         for t in s.tables:
             rows = "?" if t.rows is None else f"{t.rows:,}"
-            tables.add_row(t.name, rows, "of the run date" if t.scope == "run date" else "whole table")
+            tables.add_row(t.name, rows, SCOPE_LABEL.get(t.scope, t.scope))
         parts += [Text(""), tables]
 
     if s.metrics:

@@ -11,6 +11,7 @@ rather than failing the command that has already done its work.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shlex
 from collections.abc import Mapping, Sequence
@@ -50,7 +51,7 @@ class StageLine:
 class TableLine:
     name: str
     rows: int | None  # None: the log has no row statistics or could not be read
-    scope: str  # "run date": the rows of the run date's partition; "table": every row
+    scope: str  # "run date": the run date's partition; "table": every row; "last commit": rows it wrote
     path: str
 
 
@@ -110,6 +111,17 @@ def last_commit_ms(path: str | Path) -> int | None:
     return int(history[0]["timestamp"]) if history and "timestamp" in history[0] else None
 
 
+def last_commit_info(path: str | Path) -> dict[str, Any]:
+    """The ``commitInfo`` action of the newest JSON commit of a local table, read as text: the fallback
+    for a table ``deltalake`` cannot open (it rejects Spark ML vector columns, a ``udt`` type)."""
+    commits = sorted(Path(path, "_delta_log").glob("[0-9]*.json"))  # zero-padded: name order is version order
+    for line in commits[-1].read_text().splitlines() if commits else []:
+        action = json.loads(line)
+        if "commitInfo" in action:
+            return dict(action["commitInfo"])
+    return {}
+
+
 def written_tables(lakehouse: str, run_date: dt.date, since: float | None = None) -> list[TableLine]:
     """The Delta tables of a local ``lakehouse`` whose newest commit is at or after ``since`` (seconds
     since the epoch; None: every table), with their rows. Empty for a lakehouse that is not local."""
@@ -121,14 +133,19 @@ def written_tables(lakehouse: str, run_date: dt.date, since: float | None = None
         if not (p / "_delta_log").is_dir():
             continue
         try:
-            if since is not None:
-                ms = last_commit_ms(p)
-                if ms is None or ms < (since - CLOCK_SLACK_S) * 1000:
-                    continue
+            ms = last_commit_ms(p)
             rows, scope = table_rows(p, run_date)
         except Exception as exc:  # a summary never fails the run it summarises
-            log.warning("summary: cannot read the Delta log of %s: %s", p, exc)
-            rows, scope = None, "table"
+            log.info("summary: deltalake cannot read %s (%s); using its last commit's metrics", p, exc)
+            try:
+                info = last_commit_info(p)
+            except (OSError, ValueError):
+                info = {}
+            ms = info.get("timestamp")
+            written = (info.get("operationMetrics") or {}).get("numOutputRows")
+            rows, scope = (None if written is None else int(written)), "last commit"
+        if since is not None and (ms is None or ms < (since - CLOCK_SLACK_S) * 1000):
+            continue
         out.append(TableLine(p.name, rows, scope, str(p.resolve())))
     return out
 

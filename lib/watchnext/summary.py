@@ -136,7 +136,7 @@ def written_tables(lakehouse: str, run_date: dt.date, since: float | None = None
             ms = last_commit_ms(p)
             rows, scope = table_rows(p, run_date)
         except Exception as exc:  # a summary never fails the run it summarises
-            log.info("summary: deltalake cannot read %s (%s); using its last commit's metrics", p, exc)
+            log.info("summary: deltalake cannot read %s (%s); its last commit says", p, error_text(exc))
             try:
                 info = last_commit_info(p)
             except (OSError, ValueError):
@@ -268,7 +268,7 @@ def summarize(
         try:
             metrics = headline_metrics(cfg.table_path(TABLE_EVALUATION), run_date, k)
         except Exception as exc:  # fall back to what the stage returned
-            log.warning("summary: cannot read the evaluation table: %s", exc)
+            log.warning("summary: cannot read the evaluation table: %s", error_text(exc))
         if not metrics:
             ndcg = results.get("evaluate", {}).get(f"ndcg_at_{k}", {})
             metrics = {m: {"ndcg": float(ndcg[m])} for m in HEADLINE_MODELS if m in ndcg}

@@ -89,12 +89,17 @@ def test_planted_clusters_are_recovered(synthetic, k6: ClusterResult) -> None:
 def test_silhouette_selects_a_pure_k(synthetic) -> None:
     data, _, features = synthetic
     # 3 starts per k instead of 5 to keep the test short; the planted k still finds its optimum
-    result = fit_clusters(features, ClustersConfig(k=None, k_min=4, k_max=8, k_step=2, seed=1), n_init=3)
+    search = ClustersConfig(k=None, k_min=4, k_max=8, k_step=2, seed=1)  # 9 fits, 4 side by side
+    result = fit_clusters(features, search, n_init=3)
     assert sorted(result.silhouette) == [4, 6, 8]
     best = max(result.silhouette.values())
     assert result.k == min(k for k, s in result.silhouette.items() if s == best)
     assert result.k == SYNTH.n_clusters  # the planted k has the best silhouette
     assert purity(result.assignments, data.item_clusters) >= PURITY
+    # the fits one after another choose the same model: same silhouettes, same assignments
+    serial = fit_clusters(features, search.model_copy(update={"concurrent_fits": 1}), n_init=3)
+    assert serial.silhouette == result.silhouette
+    assertDataFrameEqual(serial.assignments, result.assignments)
 
 
 def test_same_seed_same_assignments(synthetic, k6: ClusterResult) -> None:

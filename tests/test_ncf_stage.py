@@ -29,6 +29,7 @@ SMALL_NCF = [
     "ncf.num_negatives=4",
     "ncf.shards=4",
     "recommend.candidates=30",
+    "ncf.publish_scores=true",  # the default publishes only when the blend reads them
 ]
 
 
@@ -77,6 +78,15 @@ def test_ncf_stage_publishes_scores_and_offline_lists(
     ]
     assert losses[-1] < losses[0]
     assert client.get_run(run_id).data.params["serving.num_proc"] == "2"
+
+
+def test_serving_model_only_when_the_blend_reads_it(cfg: Config) -> None:
+    """``ncf_scores`` costs a second Horovod training: by default it is made only for the blend."""
+    assert "ncf" not in cfg.recommend.sources and not cfg.ncf_publishes_scores
+    assert cfg.with_overrides("recommend.sources=[als, ncf, popular]").ncf_publishes_scores
+    assert cfg.with_overrides("ncf.publish_scores=true").ncf_publishes_scores
+    forced_off = cfg.with_overrides("recommend.sources=[als, ncf, popular]", "ncf.publish_scores=false")
+    assert not forced_off.ncf_publishes_scores
 
 
 def test_ncf_stage_disabled_is_skipped(spark: SparkSession, cfg: Config, run_date: dt.date) -> None:

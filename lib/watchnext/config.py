@@ -224,7 +224,7 @@ class AlsSearchSpace(_Strict):
 class AlsTuningConfig(_Strict):
     enabled: bool = True
     method: Literal["grid", "random", "tpe"] = "tpe"
-    n_trials: int = Field(20, ge=1)
+    n_trials: int = Field(8, ge=1)
     # Share of each user's training items held out (stratified_split) to score the trials on.
     validation_ratio: float = Field(0.25, gt=0, lt=1)
     metric: str = "ndcg_at_10"  # a ranking_metrics name; K is taken from its suffix
@@ -300,6 +300,8 @@ class ClustersConfig(_Strict):
     affinity_smoothing: float = Field(5.0, ge=0)
     label_genres: int = Field(2, ge=1)  # genres named in a cluster's label
     label_tags: int = Field(1, ge=0)  # tags named in a cluster's label
+    # k-means fits of the search run side by side (watchnext.concurrency); 1: one after another.
+    concurrent_fits: int = Field(4, ge=1)
     registered_model: str = "watchnext-clusters"
 
     @model_validator(mode="after")
@@ -337,7 +339,7 @@ class BlendTuningConfig(_Strict):
 
     enabled: bool = True
     method: Literal["tpe", "random"] = "tpe"  # Optuna sampler
-    n_trials: int = Field(150, ge=1)
+    n_trials: int = Field(60, ge=1)
     validation_ratio: float = Field(0.25, gt=0, lt=1)  # share of each user's train items held out
     seed: int = 44
     # Users whose validation pools are pulled to the driver to tune on (a uniform hash sample).
@@ -394,6 +396,8 @@ class EvaluationConfig(_Strict):
     # Extra cut-offs for the ranking curves in the evaluation table.
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     trending_window_days: float = Field(30.0, gt=0)
+    # Models scored side by side (watchnext.concurrency); 1: one after another (large data, less memory).
+    concurrent_models: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _time_needs_cutoff(self) -> EvaluationConfig:
@@ -436,6 +440,10 @@ class NcfConfig(_Strict):
     eval_negatives: int = Field(99, ge=1)  # the paper's protocol: held-out item among N negatives
     eval_k: int = Field(10, ge=1)
     paper_protocol: bool = False  # also train on leave-last-out and report the paper's HR/NDCG
+    # Train the serving model on every interaction and write `ncf_scores`. None: only when the
+    # published lists read it ("ncf" in recommend.sources); otherwise the stage trains and scores the
+    # offline model alone (the evaluate stage's `ncf` row) and skips a second Horovod training.
+    publish_scores: bool | None = None
     seed: int = 42
     score_block: int = Field(256, ge=1)  # users scored per model call in batch scoring
     registered_model: str = "watchnext-ncf"
@@ -452,7 +460,8 @@ class NcfConfig(_Strict):
 class ReportConfig(_Strict):
     """The run report (stages/report.py): one self-contained HTML page per run date."""
 
-    out_dir: StorageUri = Field("./reports", validate_default=True)  # report-<run_date>.html is written here (a local folder or a URI)
+    # report-<run_date>.html is written here (a local folder or a URI)
+    out_dir: StorageUri = Field("./reports", validate_default=True)
     sample_users: int = Field(5, ge=0, le=100)  # users whose lists (with reasons) are shown
     popularity_buckets: int = Field(10, ge=2, le=100)  # item-popularity buckets of the exposure plot
     # Base of the links to the stage runs; null: the tracking URI when it is a server, else `mlflow ui`.
@@ -491,6 +500,12 @@ class Config(_Strict):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
             raise ValueError(f"invalid env name {v!r}")
         return v
+
+    @property
+    def ncf_publishes_scores(self) -> bool:
+        """Whether the NCF stage trains the serving model and writes ``ncf_scores``."""
+        p = self.ncf.publish_scores
+        return "ncf" in self.recommend.sources if p is None else p
 
     def table_path(self, name: str) -> str:
         """Location of the Delta table ``name`` under the lakehouse root."""

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from watchnext import tables, tracking
+from watchnext.concurrency import map_ordered
 from watchnext.config import Config
 from watchnext.constants import (
     COL_GENRES,
@@ -82,12 +83,16 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     rows: list[tuple[str, str, int | None, float]] = []
     stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
     try:
-        for model, recs in lists.items():
-            # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K; recs is
-            # read once (evaluate_all persists its top-K cut, not the input)
-            values = evaluate_all(
+        # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K; recs is
+        # read once (evaluate_all persists its top-K cut, not the input); models side by side
+        scored = map_ordered(
+            lambda recs: evaluate_all(
                 recs, test, ev.k, train=stats, n_items=n_items, item_features=items, ranking_ks=ks
-            )
+            ),
+            lists.values(),
+            ev.concurrent_models,
+        )
+        for model, values in zip(lists, scored, strict=True):
             rows += [(model, *_split_name(name), v) for name, v in values.items()]
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
             rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]

@@ -7,7 +7,8 @@
 2. **Paper protocol** (``ncf.paper_protocol``): leave-last-out training and HR@K / NDCG@K of the last
    item among 99 sampled negatives, as in He et al. 2017.
 3. **Serving**: train on every interaction and write each known user's top ``recommend.candidates``
-   unseen items with their probabilities to ``ncf_scores`` for the recommend stage's blend.
+   unseen items with their probabilities to ``ncf_scores`` for the recommend stage's blend; only when
+   the blend reads them (``"ncf"`` in ``recommend.sources``) or ``ncf.publish_scores`` is true.
 
 Each training is one ``horovod.spark.run`` of ``ncf.num_proc`` ranks; rank 0 logs its params and
 per-epoch metrics (prefixed ``offline.``, ``paper.``, ``serving.``) into this stage's MLflow run.
@@ -192,26 +193,30 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             )
 
         # -- serving: every interaction, top-M unseen items of every known user
-        res = train_on(spark, cfg, interactions, f"{work}/serving", n_users, n_items, prefix="serving")
-        summary["serving"] = res.summary()
-        scores = score_topk(
-            user_index.select(COL_USER_IDX),
-            res.model_dir,
-            n_items,
-            cfg.recommend.candidates,
-            known,
-            block=n.score_block,
-        )
-        out = scores.select(
-            COL_USER_IDX,
-            COL_ITEM_IDX,
-            COL_SCORE,
-            COL_RANK,
-            F.lit(run_id).alias(COL_RUN_ID),
-            F.lit(run_date).alias(COL_RUN_DATE),
-        )
-        tables.overwrite_run_date(out, cfg.table_path(TABLE_NCF_SCORES), run_date, f"ncf run_id={run_id}")
-        summary["model_dir"] = res.model_dir
+        if not cfg.ncf_publishes_scores:
+            log.info("ncf: no serving model (recommend.sources has no 'ncf'; ncf.publish_scores is unset)")
+            summary["serving"] = "skipped: 'ncf' is not in recommend.sources (ncf.publish_scores forces it)"
+        else:
+            res = train_on(spark, cfg, interactions, f"{work}/serving", n_users, n_items, prefix="serving")
+            summary["serving"] = res.summary()
+            scores = score_topk(
+                user_index.select(COL_USER_IDX),
+                res.model_dir,
+                n_items,
+                cfg.recommend.candidates,
+                known,
+                block=n.score_block,
+            )
+            out = scores.select(
+                COL_USER_IDX,
+                COL_ITEM_IDX,
+                COL_SCORE,
+                COL_RANK,
+                F.lit(run_id).alias(COL_RUN_ID),
+                F.lit(run_date).alias(COL_RUN_DATE),
+            )
+            tables.overwrite_run_date(out, cfg.table_path(TABLE_NCF_SCORES), run_date, f"ncf run_id={run_id}")
+            summary["model_dir"] = res.model_dir
     finally:
         interactions.unpersist()
     summary["seconds"] = round(time.perf_counter() - t0, 2)

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -250,6 +251,23 @@ def whole_run_overrides(tmp: Path) -> list[str]:
     return [*local_overrides(tmp), *WHOLE_RUN, f"report.out_dir={tmp / 'reports'}"]
 
 
+# What a user's config holds: locations relative to the working directory. Each process resolves them
+# where it loads the config (watchnext.locations), so a job started in ``tmp`` writes under ``tmp``.
+RELATIVE_LOCATIONS = [
+    "storage.lakehouse=./lakehouse",
+    "storage.checkpoint_dir=./checkpoints",
+    "storage.cache_dir=./cache",
+    "mlflow.tracking_uri=sqlite:///mlruns/mlflow.db",
+    "mlflow.artifact_location=./mlruns/artifacts",
+    "report.out_dir=./reports",
+]
+
+
+def relative_whole_run_overrides(tmp: Path) -> list[str]:
+    """:func:`whole_run_overrides` with every location relative (the DAG's jobs run in ``tmp``)."""
+    return [*whole_run_overrides(tmp), *RELATIVE_LOCATIONS]
+
+
 @pytest.fixture(scope="session")
 def whole_run(tmp_path_factory: pytest.TempPathFactory) -> WholeRun:
     """One scheduled run of the whole pipeline: the Airflow DAG (airflow_dags/watchnext_daily.py) run
@@ -258,10 +276,15 @@ def whole_run(tmp_path_factory: pytest.TempPathFactory) -> WholeRun:
     its run, the report test renders its page, the fault and idempotence tests start from a copy of its
     outputs: the most expensive setup of the suite, so it runs once."""
     tmp = tmp_path_factory.mktemp("whole_run")
-    overrides = whole_run_overrides(tmp)
+    # Relative locations, as in conf/base.yaml: every spark-submit job of the DAG runs in ``tmp`` (the
+    # Airflow driver's working directory), not in the checkout, and resolves them there.
+    overrides = relative_whole_run_overrides(tmp)
     runs = [{"logical_date": RUN_DATE.isoformat(), "conf": {"conf": overrides}}]
     t0 = time.perf_counter()
     (result,) = airflow(tmp, "test", DAG_ID, json.dumps(runs), timeout=E2E_TIMEOUT - 60)
     timings = ", ".join(f"{t} {s:.0f} s" for t, s in result["task_seconds"].items())
     log.warning("whole pipeline, one DAG run: %.0f s (%s)", time.perf_counter() - t0, timings)
-    return WholeRun(load_config(env="local", overrides=overrides), overrides, tmp, result)
+    with contextlib.chdir(tmp):  # this process resolves the same relative locations the same way
+        cfg = load_config(env="local", overrides=overrides)
+    assert cfg.storage.lakehouse == f"file://{tmp / 'lakehouse'}"
+    return WholeRun(cfg, overrides, tmp, result)

@@ -9,7 +9,10 @@ MLflow runs are read back here with the test session's Spark and MLflow.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import DAG_ID, E2E_TIMEOUT, ROOT, RUN_DATE, WholeRun, airflow, local_overrides
+from conftest import (
+    DAG_ID,
+    E2E_TIMEOUT,
+    RELATIVE_LOCATIONS,
+    ROOT,
+    RUN_DATE,
+    WholeRun,
+    airflow,
+    local_overrides,
+)
 from watchnext import tables
 from watchnext.constants import (
     TABLE_BECAUSE_YOU_WATCHED,
@@ -188,6 +200,20 @@ def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, who
     assert models == {"popularity", "trending", "als", "item_knn", "content_knn", "user_knn", "ncf", "blend"}
     report = whole_run.tmp / "reports" / f"report-{RUN_DATE.isoformat()}.html"
     assert report.is_file() and "blend" in report.read_text()
+
+    # The serving read as a user types it in that folder, with the same relative locations.
+    user = recs.select("user_id").orderBy("user_id").first()[0]
+    conf = [a for o in RELATIVE_LOCATIONS for a in ("--conf", o)]
+    served = subprocess.run(
+        [str(Path(sys.executable).with_name("watchnext")), "recommend", "--user", str(user), *conf],
+        cwd=whole_run.tmp, env={**os.environ, "WATCHNEXT_CONF_DIR": str(ROOT / "conf")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    lines = served.stdout.splitlines()
+    assert lines[0].startswith(f"Top {N} for user {user} (run_date {RUN_DATE.isoformat()}")
+    titles = [r.title for r in recs.where(F.col("user_id") == user).orderBy("rank").collect()]
+    assert [ln.split(". ", 1)[1].startswith(t) for ln, t in zip(lines[1:], titles, strict=True)] == [True] * N
 
     # One standalone MLflow run per Spark stage, all finished, tagged with the DAG run and task.
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)

@@ -197,7 +197,8 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
         assert json.loads(commit["userMetadata"]) == lineage
     latest_commit = tables.last_commit(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
     assert latest_commit["operation"] in ("CREATE OR REPLACE TABLE AS SELECT", "CREATE TABLE AS SELECT")
-    props = DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)).detail().first().properties
+    latest_path = cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)
+    props = DeltaTable.forPath(spark, latest_path).detail().first().properties
     assert {k: props[k] for k in lineage} == lineage
 
     # recommendations_latest holds the same rows, and the serving read returns what Spark wrote

@@ -118,4 +118,4 @@ scale: setup ## Scale runs: per-stage wall time and peak memory at 1M / 5M / 20M
 	$(PY) benchmarks/scale.py $(ARGS)
 
 clean: ## Remove local tables, MLflow store and caches (keeps .venv)
-	rm -rf lakehouse mlruns reports spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf lakehouse mlruns reports logs spark-warehouse metastore_db derby.log .pytest_cache

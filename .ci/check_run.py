@@ -93,7 +93,8 @@ def check_serving(cfg: Config, user: str, problems: list[str]) -> None:
     lines = out.stdout.strip().splitlines()
     items = [ln for ln in lines[1:] if re.match(r"\s*\d+\. ", ln)]
     if out.returncode != 0 or not lines or not lines[0].startswith(f"Top {cfg.recommend.n} for user {user}"):
-        fail(problems, f"`{' '.join(cmd[1:])}` exited {out.returncode}: {out.stdout[-500:]}{out.stderr[-500:]}")
+        tail = f"{out.stdout[-500:]}{out.stderr[-500:]}"
+        fail(problems, f"`{' '.join(cmd[1:])}` exited {out.returncode}: {tail}")
     elif len(items) != cfg.recommend.n:
         fail(problems, f"`watchnext recommend --user {user}` printed {len(items)} items:\n{out.stdout}")
     else:

@@ -300,7 +300,7 @@ class ClustersConfig(_Strict):
     affinity_smoothing: float = Field(5.0, ge=0)
     label_genres: int = Field(2, ge=1)  # genres named in a cluster's label
     label_tags: int = Field(1, ge=0)  # tags named in a cluster's label
-    # k-means fits of the search run side by side (watchnext.concurrency); 1: one after another.
+    # k values of the search fitted side by side (watchnext.concurrency); 1: one after another.
     concurrent_fits: int = Field(4, ge=1)
     registered_model: str = "watchnext-clusters"
 

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from watchnext.locations import local_path
+
 LOG_FOLDER = "logs"
 
 
 def log_dir(lakehouse: str) -> Path:
     """Where run logs go: a ``logs`` folder beside a local lakehouse (``/data/lakehouse`` ->
     ``/data/logs``), else ``./logs`` (an object-store lakehouse has no local folder to sit beside)."""
-    local = lakehouse.removeprefix("file://") if lakehouse.startswith("file://") else lakehouse
-    local = local.removeprefix("file:")  # file:/data/lakehouse
-    if "://" in local:
+    local = local_path(lakehouse)
+    if local is None:
         return Path(LOG_FOLDER).resolve()
-    return Path(local).expanduser().resolve().parent / LOG_FOLDER
+    return local.expanduser().resolve().parent / LOG_FOLDER
 
 
 def log_path(lakehouse: str, run_date: dt.date, started: dt.datetime) -> Path:

@@ -50,6 +50,7 @@ so a user's shares sum to 1.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -220,27 +221,29 @@ def fit_clusters(
     models: dict[int, ClusterModel] = {}
     silhouette: dict[int, float] = {}
     try:
-        # Every (k, start) fit is independent and deterministic given its seed (watchnext.concurrency).
-        keys = [(k, i) for k in ks for i in range(n_init)]
-        fits_of = map_ordered(
-            lambda key: _estimator(params, key[0], params.seed + key[1], col_features).fit(nonzero),
-            keys,
-            params.concurrent_fits,
-        )
-        fitted = dict(zip(keys, fits_of, strict=True))
-        for k in ks:
-            fits = [fitted[(k, i)] for i in range(n_init)]
+        # Each k (its starts, then the silhouette of the lowest-cost one) is independent and deterministic
+        # given the seeds: several run side by side (watchnext.concurrency), with the same outcome.
+        lock, best_so_far = threading.Lock(), [float("-inf")]
+
+        def search(k: int) -> tuple[ClusterModel, float]:
+            fits = [_estimator(params, k, params.seed + i, col_features).fit(nonzero) for i in range(n_init)]
             costs = [m.summary.trainingCost for m in fits]
             model = fits[_first_lowest(costs)]
-            silhouette[k] = float(evaluator.evaluate(model.transform(nonzero)))
-            models[k] = model
+            score = float(evaluator.evaluate(model.transform(nonzero)))
             log.info(
                 "clusters: %s k=%d cost %.4f (starts: %s) silhouette %.4f",
-                params.algorithm, k, min(costs), ", ".join(f"{c:.4f}" for c in costs), silhouette[k],
+                params.algorithm, k, min(costs), ", ".join(f"{c:.4f}" for c in costs), score,
             )  # fmt: skip
-            progress.trial_finished(
-                "clusters k", len(silhouette), len(ks), silhouette[k], max(silhouette.values()), "silhouette"
-            )
+            with lock:
+                best_so_far[0] = max(best_so_far[0], score)
+                done = len(silhouette) + 1
+                silhouette[k] = score
+                progress.trial_finished("clusters k", done, len(ks), score, best_so_far[0], "silhouette")
+            return model, score
+
+        for k, (model, _) in zip(ks, map_ordered(search, ks, params.concurrent_fits), strict=True):
+            models[k] = model
+        silhouette = {k: silhouette[k] for k in ks}  # in k order, not finishing order
         best = max(ks, key=lambda k: (silhouette[k], -k))
         k_model = len(models[best].clusterCenters())  # bisecting k-means may leave fewer leaves than asked
         renumber = _renumbering(models[best], nonzero, col_item_idx, col_cluster)

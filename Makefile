@@ -45,7 +45,7 @@ $(VENV)/.horovod-stamp: $(VENV)/.deps-stamp
 	env $(HOROVOD_FLAGS) MAKEFLAGS=-j$$(nproc) CMAKE_POLICY_VERSION_MINIMUM=3.5 \
 	    CXXFLAGS="-I$$TF_INC/external/highwayhash" \
 	    $(PIP) install --progress-bar off --no-build-isolation "horovod==$(HOROVOD_VERSION)"
-	$(PY) -c "import horovod.tensorflow as hvd, horovod.spark; from horovod.common.util import gloo_built; assert gloo_built(), 'horovod built without Gloo'"
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -c "import horovod.tensorflow as hvd, horovod.spark; from horovod.common.util import gloo_built; assert gloo_built(), 'horovod built without Gloo'"
 	@touch $@
 
 $(AIRFLOW_VENV)/.airflow-stamp: airflow_dags/requirements.txt airflow_dags/constraints-3.11.txt

@@ -35,6 +35,7 @@ from watchnext.summary import (
     StageLine,
     TableLine,
     error_text,
+    program,
     summarize,
     table_rows,
     written_tables,
@@ -316,7 +317,9 @@ def test_summary_of_a_results_dict(tmp_path: Path) -> None:
         "als": {"ndcg": 0.29},
         "popularity": {"ndcg": 0.11},
     }  # trending is not a headline model; K=5, rmse and the other date are left out
-    assert s.recommend == f"watchnext recommend --user u2 --conf storage.lakehouse={lake}"
+    watchnext, mlflow_cmd = program("watchnext"), program("mlflow")
+    assert watchnext.endswith("watchnext") and mlflow_cmd.endswith("mlflow")
+    assert s.recommend == f"{watchnext} recommend --user u2 --conf storage.lakehouse={lake}"
 
     text = _text(console.render_summary(s))
     for expected in (
@@ -329,8 +332,8 @@ def test_summary_of_a_results_dict(tmp_path: Path) -> None:
         "ndcg@10",
         "coverage@10",
         "/r/report-2024-06-01.html",
-        f"watchnext recommend --user u2 --conf storage.lakehouse={lake}",
-        f"mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}",
+        f"{watchnext} recommend --user u2 --conf storage.lakehouse={lake}",
+        f"{mlflow_cmd} ui --backend-store-uri {cfg.mlflow.tracking_uri}",
     ):
         assert expected in text, expected
     lines = text.splitlines()

@@ -57,6 +57,7 @@ from watchnext.constants import (
     TABLE_REJECTS,
     TABLE_USER_INDEX,
 )
+from watchnext.locations import local_path
 
 # The session's whole pipeline run (conftest.whole_run) may be the setup of any of these tests.
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.slow]
@@ -350,7 +351,7 @@ def refs(spark: SparkSession, built: Built) -> Refs:
 def recommend_watch(cfg: Config) -> list[Path]:
     """Every table the stage writes: its write phase starts with the blend's offline lists
     (``eval_recommendations``) and ends with ``because_you_watched``."""
-    return [Path(cfg.table_path(t)) for t in RECOMMEND_TABLES]
+    return [local_path(cfg.table_path(t)) for t in RECOMMEND_TABLES]
 
 
 # Each kill costs a JVM start and the stage up to its writes (about 45 s on 2 cores): the suite's budget

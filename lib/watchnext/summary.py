@@ -14,6 +14,8 @@ import datetime as dt
 import json
 import logging
 import shlex
+import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from watchnext.constants import (
     TABLE_EVALUATION,
     TABLE_RECOMMENDATIONS_LATEST,
 )
+from watchnext.locations import local_path
 from watchnext.progress import Recorder
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,21 @@ class RunSummary:
 
 def local_dir(uri: str) -> Path | None:
     """The local folder of a path or ``file:`` URI; None for other schemes (s3a://, abfss://, ...)."""
-    path = uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")
-    return None if "://" in path else Path(path).expanduser()
+    path = local_path(uri)
+    return None if path is None else path.expanduser()
+
+
+def program(name: str) -> str:
+    """How to type ``name`` (``watchnext``, ``mlflow``) from the working folder: the command beside this
+    interpreter (the virtual environment's ``bin``), relative when it is under the working folder
+    (``.venv/bin/watchnext``), bare when that is what ``PATH`` finds anyway."""
+    beside = Path(sys.executable).parent / name
+    if not beside.exists() or shutil.which(name) == str(beside):
+        return name
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def table_rows(path: str | Path, run_date: dt.date | None = None) -> tuple[int | None, str]:
@@ -273,9 +289,10 @@ def summarize(
             ndcg = results.get("evaluate", {}).get(f"ndcg_at_{k}", {})
             metrics = {m: {"ndcg": float(ndcg[m])} for m in HEADLINE_MODELS if m in ndcg}
     user = sample_user(cfg.table_path(TABLE_RECOMMENDATIONS_LATEST))
-    recommend = shlex.join(["watchnext", "recommend", "--user", user, *location_args]) if user else None
+    serve = [program("watchnext"), "recommend", "--user", user, *location_args] if user else None
+    recommend = shlex.join(serve) if serve else None
     mlflow_ui = (
-        shlex.join(["mlflow", "ui", "--backend-store-uri", cfg.mlflow.tracking_uri])
+        shlex.join([program("mlflow"), "ui", "--backend-store-uri", cfg.mlflow.tracking_uri])
         if cfg.mlflow.enabled
         else None
     )

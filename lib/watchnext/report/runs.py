@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,13 +33,14 @@ def stage_runs(
     stages: Sequence[str],
     ui: str,
     *,
-    exclude_run_id: str | None = None,
+    current_run_id: str | None = None,
 ) -> pd.DataFrame:
     """The latest MLflow run of each stage (and of the pipeline) tagged with ``run_date``.
 
     The latest run of a stage is the one whose outputs the run date's tables hold (each stage replaces
-    its run date). ``client`` is an ``mlflow.MlflowClient``; ``exclude_run_id`` leaves out a run (the
-    report's own, still running). Rows follow ``stages``, then ``pipeline``.
+    its run date). ``client`` is an ``mlflow.MlflowClient``; ``current_run_id`` is the run rendering the
+    page (the report stage's own, still running): it is listed with its seconds so far. Rows follow
+    ``stages``, then ``pipeline``.
     """
     runs = client.search_runs(
         [experiment_id],
@@ -49,7 +51,7 @@ def stage_runs(
     latest: dict[str, Any] = {}
     for r in runs:
         stage = r.data.tags.get("watchnext.stage")
-        if stage and stage not in latest and r.info.run_id != exclude_run_id:
+        if stage and stage not in latest:
             latest[stage] = r
     rows = []
     for stage in [*stages, "pipeline"]:
@@ -57,6 +59,8 @@ def stage_runs(
         if r is None:
             continue
         start, end = r.info.start_time, r.info.end_time
+        if r.info.run_id == current_run_id and start and not end:
+            end = int(time.time() * 1000)  # still running: the seconds so far
         rows.append(
             {
                 "stage": stage,

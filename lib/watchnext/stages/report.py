@@ -194,9 +194,9 @@ def _mlflow(cfg: Config, run_date: dt.date, missing: dict[str, str]) -> dict[str
         client,
         experiment.experiment_id,
         run_date,
-        [s for s in STAGES if s != "report"],
+        list(STAGES),
         ui,
-        exclude_run_id=this,
+        current_run_id=this,
     )
     if stage_runs.empty:
         missing["stages"] = f"no MLflow runs tagged with run date {run_date} in '{cfg.mlflow.experiment}'"

@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -32,7 +33,8 @@ from conftest import (
     airflow,
     local_overrides,
 )
-from watchnext import tables
+from watchnext import catalog, tables
+from watchnext.cli import delta_tables
 from watchnext.constants import (
     TABLE_BECAUSE_YOU_WATCHED,
     TABLE_CLUSTERS,
@@ -179,6 +181,13 @@ def test_full_dag_run_writes_the_tables_and_mlflow_runs(spark: SparkSession, who
     ):  # fmt: skip
         dates = read(table).select("run_date").distinct().collect()
         assert [r.run_date for r in dates] == [RUN_DATE], table  # {{ ds }} became the run date
+
+    # every table of the run is in the catalogue, partitioned as the catalogue says
+    written = dict(delta_tables(cfg.storage.lakehouse))
+    assert set(written) <= set(catalog.TABLES), set(written) - set(catalog.TABLES)
+    for name, path in written.items():
+        detail = DeltaTable.forPath(spark, path).detail().first()
+        assert tuple(detail.partitionColumns) == catalog.TABLES[name].partition_by, name
 
     # Exactly N distinct items for every known user; the serving copy is the same rows.
     recs = read(TABLE_RECOMMENDATIONS)

@@ -4,6 +4,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import yaml
 
 from watchnext.config import Config, ConfigError, load_config
 from watchnext.session import PreflightError, preflight
@@ -94,3 +95,14 @@ def test_preflight_messages() -> None:
         preflight(spark_version="4.2.0", delta_version="4.4.0", java_major=11, python=(3, 11))
     with pytest.raises(PreflightError, match="Python 3.12 is not supported"):
         preflight(spark_version="4.2.0", delta_version="4.4.0", java_major=17, python=(3, 12))
+
+
+def test_base_yaml_holds_the_schema_defaults() -> None:
+    """The typed schema is where defaults are decided; conf/base.yaml lists them for reading and must
+    not drift from it (it once ran every stage while the schema ran only ingest)."""
+    from watchnext.config import ALL_STAGES, Config, default_conf_dir, validate_config
+    from watchnext.pipeline import STAGES
+
+    base = yaml.safe_load((default_conf_dir() / "base.yaml").read_text())
+    assert validate_config(base).model_dump() == Config().model_dump()
+    assert list(STAGES) == list(ALL_STAGES) == Config().pipeline.stages

@@ -111,10 +111,6 @@ class MovieLensConfig(_Strict):
     base_url: str = "https://files.grouplens.org/datasets/movielens"
     expected_md5: str | None = None  # default: the .md5 file GroupLens publishes beside each zip
 
-    @model_validator(mode="after")
-    def _one_source(self) -> MovieLensConfig:
-        return self
-
 
 class GenericColumns(_Strict):
     user: str = "user_id"
@@ -472,9 +468,13 @@ class ReportConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------------------- root
+# Every stage, in pipeline order (watchnext.pipeline.STAGES registers the same names).
+ALL_STAGES = ("ingest", "als", "clusters", "similarities", "ncf", "recommend", "evaluate", "report")
+
+
 class PipelineConfig(_Strict):
     # Stages `watchnext run` executes, in order; each must be a known stage name.
-    stages: list[str] = Field(default_factory=lambda: ["ingest"])
+    stages: list[str] = Field(default_factory=lambda: list(ALL_STAGES))
     seed: int = 42
 
 

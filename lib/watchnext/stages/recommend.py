@@ -43,7 +43,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from watchnext import tables, tracking
+from watchnext import catalog, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_ANCHOR,
@@ -103,15 +103,6 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "blend"
 _POOL_ROWS = 2_000_000  # candidate rows per partition of the pool (ranked in numpy as a whole)
-_WRITTEN_BY = {
-    TABLE_USER_FACTORS: "als",
-    TABLE_ITEM_FACTORS: "als",
-    TABLE_ITEM_SIMILARITIES: "similarities",
-    TABLE_USER_NEIGHBORS: "similarities",
-    TABLE_USER_CLUSTER_AFFINITY: "clusters",
-    TABLE_ITEM_CLUSTERS: "clusters",
-    TABLE_CLUSTERS: "clusters",
-}
 _REASONS = {
     "user": "Viewers with similar taste watched this",
     "trending": "Trending now",
@@ -758,12 +749,9 @@ def _model_versions(cfg: Config) -> tuple[AlsParams, dict[str, str]]:
 
 
 def _input(spark: SparkSession, cfg: Config, table: str, run_date: dt.date) -> DataFrame:
-    path = cfg.table_path(table)
-    if not tables.exists(spark, path):
-        raise FileNotFoundError(
-            f"recommend needs the '{table}' table ({path}); run the {_WRITTEN_BY[table]} stage first"
-        )
-    return tables.read_run_date(spark, path, run_date)
+    return catalog.read_input(
+        spark, cfg.table_path(table), table, run_date, reader="recommend", require_rows=False
+    )
 
 
 def _reason_mix(out: DataFrame) -> dict[str, float]:

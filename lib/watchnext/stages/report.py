@@ -20,7 +20,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import locations, tables, tracking
+from watchnext import catalog, locations, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_ITEM,
@@ -42,14 +42,6 @@ log = logging.getLogger(__name__)
 
 ARTIFACT = "report/report.html"
 PUBLISHED = "published"  # the exposure column of the published `recommendations` lists
-_WRITTEN_BY = {
-    TABLE_INTERACTIONS: "ingest",
-    TABLE_ITEMS: "ingest",
-    TABLE_EVALUATION: "evaluate",
-    TABLE_EVAL_RECS: "als / similarities / recommend",
-    TABLE_RECOMMENDATIONS: "recommend",
-    TABLE_CLUSTERS: "clusters",
-}
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -98,7 +90,7 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
             df = tables.read_run_date(spark, path, run_date)
             if not df.isEmpty():
                 return df
-        missing[table] = f"no '{table}' rows for {run_date}: run the {_WRITTEN_BY[table]} stage"
+        missing[table] = f"no '{table}' rows for {run_date}: run the {catalog.written_by(table)} stage"
         return None
 
     interactions, items = read(TABLE_INTERACTIONS), read(TABLE_ITEMS)

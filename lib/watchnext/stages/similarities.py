@@ -34,7 +34,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import tables, tracking
+from watchnext import catalog, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_FEATURES,
@@ -73,7 +73,6 @@ from watchnext.models.similarity import (
 log = logging.getLogger(__name__)
 
 # Which stage writes each input table, for the error when it is missing.
-_WRITTEN_BY = {TABLE_ITEM_FACTORS: "als", TABLE_USER_FACTORS: "als", TABLE_ITEM_FEATURES: "clusters"}
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -195,17 +194,9 @@ def _user_neighbours(
 
 
 def _input(spark: SparkSession, cfg: Config, table: str, run_date: dt.date) -> DataFrame:
-    path = cfg.table_path(table)
-    if not tables.exists(spark, path):
-        raise FileNotFoundError(
-            f"similarities needs the '{table}' table ({path}); run the {_WRITTEN_BY[table]} stage first"
-        )
-    df = tables.read_run_date(spark, path, run_date)
-    if df.isEmpty():
-        raise FileNotFoundError(
-            f"'{table}' has no rows for run_date {run_date}; run the {_WRITTEN_BY[table]} stage for that date"
-        )
-    return df
+    return catalog.read_input(
+        spark, cfg.table_path(table), table, run_date, reader="similarities", require_rows=True
+    )
 
 
 # ---------------------------------------------------------------------------------- offline lists

@@ -465,7 +465,7 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
     ref = copy_of_base(tmp_path / "ref")
     cmd = job_command("ingest", overrides(ref, 1), RUN_DATE)
     base_paths, ref_paths = paths(base), paths(ref)
-    clean = run_job(cmd, [Path(p) for p in ref_paths.values()], logs, None, 900)
+    clean = run_job(cmd, [local_path(p) for p in ref_paths.values()], logs, None, 900)
     assert clean.rc == 0 and clean.write_span, _tail(logs)
     contents = {
         t: {
@@ -493,7 +493,7 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
         for attempt in range(3):
             folder = copy_of_base(tmp_path / f"kill{k}-{attempt}")
             cmd = job_command("ingest", overrides(folder, 1), RUN_DATE)
-            out = run_job(cmd, [Path(p) for p in paths(folder).values()], logs, delay, 900)
+            out = run_job(cmd, [local_path(p) for p in paths(folder).values()], logs, delay, 900)
             assert out.killed or out.rc == 0, _tail(logs)
             summary.append((round(delay, 2), out.killed, state(folder), folder))
             if out.killed:

@@ -172,7 +172,8 @@ def test_missing_column_is_named_with_the_columns_found(spark: SparkSession, tmp
     with pytest.raises(ValueError) as err:
         read_generic(spark, cfg, "explicit")
     assert str(err.value) == (
-        f"interactions file {path} is missing column 'xyz'; columns found: user, item_id, rating, timestamp"
+        f"interactions file file://{path} is missing column 'xyz'; "  # the config made the path absolute
+        "columns found: user, item_id, rating, timestamp"
     )
 
 

@@ -190,7 +190,7 @@ def _mlflow(cfg: Config, run_date: dt.date, missing: dict[str, str]) -> dict[str
         ui,
         current_run_id=this,
     )
-    if stage_runs.empty:
+    if set(stage_runs.run_id) <= {this}:  # none, or only this report's own run
         missing["stages"] = f"no MLflow runs tagged with run date {run_date} in '{cfg.mlflow.experiment}'"
         return {"mlflow": info}
     return {"mlflow": info, "runs": stage_runs}

@@ -176,18 +176,19 @@ def headline_metrics(
     """``{model: {metric: value}}`` of the run date's ``evaluation`` rows at ``k``, for the ``models``
     present (in that order) and the ``metrics`` they have."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
+    from deltalake import DeltaTable, QueryBuilder
 
     from watchnext.serving import table_uri
 
-    table = DeltaTable(table_uri(path))
-    cols = [COL_MODEL, COL_METRIC, COL_K, COL_VALUE]
-    if COL_RUN_DATE in table.metadata().partition_columns:
-        data = table.to_pyarrow_table(partitions=[(COL_RUN_DATE, "=", run_date.isoformat())], columns=cols)
-    else:
-        data = table.to_pyarrow_table(columns=[*cols, COL_RUN_DATE])
-        data = data.filter(pc.equal(data[COL_RUN_DATE], pa.scalar(run_date, pa.date32())))
+    # DataFusion, not ``to_pyarrow_table``: a pyarrow dataset scan of a Delta table can abort the
+    # process at interpreter exit ("terminate called without an active exception", delta-rs#2184).
+    query = QueryBuilder().register("evaluation", DeltaTable(table_uri(path)))
+    cols = ", ".join(f'"{c}"' for c in (COL_MODEL, COL_METRIC, COL_K, COL_VALUE))
+    data = pa.table(
+        query.execute(
+            f"SELECT {cols} FROM evaluation WHERE \"{COL_RUN_DATE}\" = DATE '{run_date.isoformat()}'"
+        ).read_all()
+    )
     found: dict[str, dict[str, float]] = {}
     for row in data.to_pylist():
         if row[COL_K] == k and row[COL_MODEL] in models and row[COL_METRIC] in metrics:

@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 
 from watchnext.config import SparkConfig
 from watchnext.constants import COL_CLUSTER, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
-from watchnext.models import blend as B
+from watchnext.models import blend
 from watchnext.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def candidates(spark: SparkSession, users: int, items: int, m: int, parts: int) 
         "source",
         COL_SCORE,
         F.row_number().over(order).cast("int").alias(COL_RANK),
-        anchor.cast("int").alias(B.COL_ANCHOR_IDX),
+        anchor.cast("int").alias(blend.COL_ANCHOR_IDX),
     )
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
 
     def ours(users: int) -> DataFrame:
         c = cand.where(F.col(COL_USER_IDX) < users)
-        scored = B.rank_candidates(
+        scored = blend.rank_candidates(
             c, *common, WEIGHTS, clusters, N, CAP, popularity=popularity, counts=counts,
             cold_threshold=5, cold_weights=COLD, partitions=parts,
         )  # fmt: skip

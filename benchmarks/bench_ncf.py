@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from watchnext.config import SparkConfig  # noqa: E402
-from watchnext.models import ncf_data as D  # noqa: E402
+from watchnext.models import ncf_data  # noqa: E402
 from watchnext.models.ncf import NcfSpec  # noqa: E402
 from watchnext.models.ncf_train import TrainParams, fit, samples_per_second  # noqa: E402
 from watchnext.session import build_session  # noqa: E402
@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     pdf, what = pairs(Path(args.data), args.seed)
     n_users, n_items = int(pdf.user_idx.max()) + 1, int(pdf.item_idx.max()) + 1
     pos = spark.createDataFrame(pdf.astype("int32"))
-    rows = D.training_rows(pos, n_items, num_negatives=args.negatives, rounds=args.epochs, seed=args.seed)
-    data = D.write_shards(rows, str(tmp / "train"), shards=16, seed=args.seed)
+    rows = ncf_data.training_rows(
+        pos, n_items, num_negatives=args.negatives, rounds=args.epochs, seed=args.seed
+    )
+    data = ncf_data.write_shards(rows, str(tmp / "train"), shards=16, seed=args.seed)
     spec = NcfSpec(n_users=n_users, n_items=n_items, mf_dim=64, mlp_layers=[128, 64], l2=1e-4)
     params = TrainParams(
         epochs=args.epochs,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from watchnext.models import blend as B
+from watchnext.models import blend
 
 
 def spark_reference_ranking(
@@ -30,7 +30,7 @@ def spark_reference_ranking(
     every: bool = True,
 ) -> DataFrame:
     """The pool, blend and capped top-N as the Spark windows and aggregate they were before
-    :func:`B.rank_candidates`, shuffles and broadcasts included: every scored row with ``cluster_id``
+    :func:`blend.rank_candidates`, shuffles and broadcasts included: every scored row with ``cluster_id``
     and ``rank`` (null where not chosen), or, not ``every``, the chosen rows only."""
     if normalization == "rank":
         f = (F.lit(m + 1) - F.col("rank")).cast("double") / F.lit(float(m))
@@ -57,11 +57,11 @@ def spark_reference_ranking(
 
     def weighted(weights: Mapping[str, float]) -> Column:
         terms = [F.lit(float(weights.get(s, 0.0))) * F.col(f"f_{s}") for s in sources]
-        terms.append(F.lit(B.BACKFILL_EPS) * F.col("prior"))
+        terms.append(F.lit(blend.BACKFILL_EPS) * F.col("prior"))
         return sum(terms[1:], terms[0])
 
     def dominant(weights: Mapping[str, float]) -> Column:
-        ordered = [s for s in B.SOURCES if s in sources]
+        ordered = [s for s in blend.SOURCES if s in sources]
         contrib = {s: F.lit(float(weights.get(s, 0.0))) * F.col(f"f_{s}") for s in ordered}
         best = F.greatest(*contrib.values(), F.lit(0.0))
         expr = F.lit("backfill")

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from blend_reference import spark_reference_ranking
 from watchnext.evaluation.metrics import ranking_metrics
-from watchnext.models import blend as B
+from watchnext.models import blend
 
 pytestmark = [pytest.mark.spark]
 
@@ -60,7 +60,8 @@ def _reference_top_n(
     """Greedy pass down each user's ranking, then the relaxation: the rule of the module docstring."""
     df = pool.merge(clusters, on="item_idx", how="left")
     df["score"] = (
-        sum(w.get(s, 0.0) * df[f"f_{s}"] for s in ("als", "item", "popular")) + B.BACKFILL_EPS * df["prior"]
+        sum(w.get(s, 0.0) * df[f"f_{s}"] for s in ("als", "item", "popular"))
+        + blend.BACKFILL_EPS * df["prior"]
     )
     out = []
     for u, g in df.groupby("user_idx"):
@@ -83,8 +84,8 @@ def _reference_top_n(
 def test_select_top_n_matches_greedy_reference(spark: SparkSession, cap: int | None) -> None:
     pool, _, clusters, pool_df, clusters_df, _ = _pool_frames(spark)
     w = {"als": 1.0, "item": 0.5, "popular": 0.1}
-    scored = B.blend(pool_df, ["als", "item", "popular"], w)
-    got = B.select_top_n(scored, clusters_df, 10, cap).select("user_idx", "item_idx", "score", "rank")
+    scored = blend.blend(pool_df, ["als", "item", "popular"], w)
+    got = blend.select_top_n(scored, clusters_df, 10, cap).select("user_idx", "item_idx", "score", "rank")
     expected = _reference_top_n(pool, clusters, w, 10, cap)
     assertDataFrameEqual(
         got, spark.createDataFrame(expected, "user_idx int, item_idx int, score double, rank int")
@@ -101,8 +102,8 @@ def test_cap_holds_when_the_pool_allows(spark: SparkSession) -> None:
         "user_idx int, item_idx int, f_als double, f_item double, f_popular double, "
         "sources array<string>, anchor_idx int, prior double",
     )
-    scored = B.blend(pool, ["als", "item", "popular"], {"als": 1.0})
-    top = B.select_top_n(scored, spark.createDataFrame(clusters), 10, 2).toPandas()
+    scored = blend.blend(pool, ["als", "item", "popular"], {"als": 1.0})
+    top = blend.select_top_n(scored, spark.createDataFrame(clusters), 10, 2).toPandas()
     # 5 clusters x 2 = 10: exactly two per cluster, the two best of each (items 0..9)
     assert sorted(top.item_idx) == list(range(10))
     assert top.groupby("cluster_id").size().tolist() == [2] * 5
@@ -114,18 +115,18 @@ def test_numpy_ndcg_equals_the_spark_evaluator(spark: SparkSession, cap: int | N
     pool, truth, clusters, pool_df, clusters_df, truth_df = _pool_frames(spark, seed=3)
     w = {"als": 0.7, "item": 0.4, "popular": 0.2}
     k = 10
-    scored = B.blend(pool_df, ["als", "item", "popular"], w)
-    top = B.select_top_n(scored, clusters_df, k, cap)
+    scored = blend.blend(pool_df, ["als", "item", "popular"], w)
+    top = blend.select_top_n(scored, clusters_df, k, cap)
     spark_ndcg = ranking_metrics(top, truth_df, k)[f"ndcg_at_{k}"]
 
     rel = pool.merge(truth.assign(relevant=True), on=["user_idx", "item_idx"], how="left")
     rel["relevant"] = rel["relevant"].astype("boolean").fillna(False)
-    data = B.TuningData.from_pandas(
+    data = blend.TuningData.from_pandas(
         rel.merge(clusters, on="item_idx", how="left"),
         truth.groupby("user_idx").size(),
         ["als", "item", "popular"],
     )
-    assert B.ndcg_at_k(data, w, k, cap) == pytest.approx(spark_ndcg, abs=1e-12)
+    assert blend.ndcg_at_k(data, w, k, cap) == pytest.approx(spark_ndcg, abs=1e-12)
 
 
 def test_tune_weights_finds_the_informative_mix() -> None:
@@ -148,12 +149,12 @@ def test_tune_weights_finds_the_informative_mix() -> None:
         }  # fmt: skip
     )
     n_rel = pdf.groupby("user_idx").relevant.sum()
-    data = B.TuningData.from_pandas(pdf, n_rel[n_rel > 0], ["als", "item", "popular"])
-    search = B.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
+    data = blend.TuningData.from_pandas(pdf, n_rel[n_rel > 0], ["als", "item", "popular"])
+    search = blend.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
     assert search.value > max(search.single_source.values()) + 0.02
-    assert search.value >= B.ndcg_at_k(data, {"als": 1.0, "popular": 1.0}, 10, None)
+    assert search.value >= blend.ndcg_at_k(data, {"als": 1.0, "popular": 1.0}, 10, None)
     assert search.weights["popular"] < 0.3 < min(search.weights["als"], search.weights["item"])
-    again = B.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
+    again = blend.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
     assert again.weights == search.weights
 
 
@@ -171,7 +172,7 @@ def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:
         CAND,
     )
     popularity = spark.createDataFrame([(10, 8.0), (11, 2.0), (13, 4.0)], "item_idx int, score double")
-    got = B.pool(cand, ["als", "item", "popular"], m=4, popularity=popularity)
+    got = blend.pool(cand, ["als", "item", "popular"], m=4, popularity=popularity)
     expected = [
         (1, 10, 1.0, 0.0, 0.0, ["als"], None, 1.0),
         (1, 11, 0.75, 1.0, 0.0, ["als", "item"], 7, 0.25),
@@ -184,7 +185,7 @@ def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:
         "anchor_idx int, prior double"
     )
     assertDataFrameEqual(got, spark.createDataFrame(expected, schema))
-    mm = B.pool(cand, ["als", "item", "popular"], m=4, normalization="minmax")
+    mm = blend.pool(cand, ["als", "item", "popular"], m=4, normalization="minmax")
     assertDataFrameEqual(
         mm.select("user_idx", "item_idx", "f_als", "f_item"),
         spark.createDataFrame(
@@ -193,7 +194,7 @@ def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:
         ),
     )
     with pytest.raises(ValueError, match="unknown candidate sources"):
-        B.pool(cand, ["als", "bogus"], m=4)
+        blend.pool(cand, ["als", "bogus"], m=4)
 
 
 def test_blend_cold_users_switch_weights_and_dominant_source(spark: SparkSession) -> None:
@@ -206,7 +207,7 @@ def test_blend_cold_users_switch_weights_and_dominant_source(spark: SparkSession
         "user_idx int, item_idx int, f_als double, f_cluster double, f_trending double, cold boolean, "
         "prior double",
     )
-    got = B.blend(pool, ["als", "cluster", "trending"], {"als": 1.0, "cluster": 0.2}, {"trending": 1.0})
+    got = blend.blend(pool, ["als", "cluster", "trending"], {"als": 1.0, "cluster": 0.2}, {"trending": 1.0})
     expected = [(1, 10, 1.0, "als"), (1, 11, 0.2, "cluster"), (2, 10, 0.5, "trending")]
     assertDataFrameEqual(
         got.select("user_idx", "item_idx", "score", "dominant"),
@@ -224,12 +225,12 @@ def test_item_candidates_sum_similarities_and_name_the_anchor(spark: SparkSessio
         [(1, 10, 0.5), (2, 10, 0.3), (3, 10, 0.5), (1, 11, 0.9), (2, 3, 0.8), (3, 12, 0.1)],
         "item_idx int, neighbor_idx int, score double",
     )
-    got = B.item_candidates(nb, history, 5)
+    got = blend.item_candidates(nb, history, 5)
     # 10: 0.5 + 0.3 + 0.5, anchor tie between 1 and 3 -> 1; item 3 is seen
     expected = [(1, 10, 1.3, 1, 1), (1, 11, 0.9, 2, 1), (1, 12, 0.1, 3, 3)]
     schema = "user_idx int, item_idx int, score double, rank int, anchor_idx int"
     assertDataFrameEqual(got, spark.createDataFrame(expected, schema), rtol=1e-12)
-    recent = B.item_candidates(nb, history, 5, recent=1)  # only item 3, the latest
+    recent = blend.item_candidates(nb, history, 5, recent=1)  # only item 3, the latest
     assertDataFrameEqual(recent, spark.createDataFrame([(1, 10, 0.5, 1, 3), (1, 12, 0.1, 2, 3)], schema))
 
 
@@ -240,7 +241,7 @@ def test_cluster_candidates_follow_affinity_and_popularity(spark: SparkSession) 
     ic = spark.createDataFrame([(10, 0), (11, 0), (12, 1), (13, 2)], "item_idx int, cluster_id int")
     pop = spark.createDataFrame([(10, 10.0), (11, 5.0), (12, 8.0), (13, 100.0)], "item_idx int, score double")
     seen = spark.createDataFrame([(1, 10)], "user_idx int, item_idx int")
-    got = B.cluster_candidates(aff, ic, pop, seen, 5, top_clusters=2)
+    got = blend.cluster_candidates(aff, ic, pop, seen, 5, top_clusters=2)
     # cluster 2 is not among the top 2; item 10 is seen; 11: 0.7 * 5/10, 12: 0.2 * 8/8
     expected = [(1, 11, 0.35, 1), (1, 12, 0.2, 2)]
     assertDataFrameEqual(
@@ -253,7 +254,7 @@ def test_cluster_backfill_gives_every_cluster_its_popular_unseen_items(spark: Sp
     pop = spark.createDataFrame([(i, float(100 - i)) for i in range(12)], "item_idx int, score double")
     users = spark.createDataFrame([(1,), (2,)], "user_idx int")
     seen = spark.createDataFrame([(1, 0), (1, 3), (1, 1)], "user_idx int, item_idx int")
-    got = B.cluster_backfill(ic, pop, users, seen, per_cluster=2)
+    got = blend.cluster_backfill(ic, pop, users, seen, per_cluster=2)
     # user 1 has seen 0 and 3 (cluster 0) and 1 (cluster 1); ranks follow popularity
     u1 = [6, 9, 4, 7, 2, 5]
     u2 = [0, 3, 1, 4, 2, 5]
@@ -309,7 +310,7 @@ def test_item_candidates_match_a_reference_on_random_data(spark: SparkSession, r
     nb["score"] = rng.integers(1, 5, len(nb)) / 4.0  # exact sums, many ties
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
     try:
-        got = B.item_candidates(
+        got = blend.item_candidates(
             spark.createDataFrame(nb),
             spark.createDataFrame(history.sample(frac=1.0, random_state=2)),
             m,
@@ -344,7 +345,7 @@ def test_cluster_candidates_match_a_reference_on_random_data(spark: SparkSession
     ).astype("int32")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
     try:
-        got = B.cluster_candidates(
+        got = blend.cluster_candidates(
             spark.createDataFrame(aff),
             spark.createDataFrame(ic, "item_idx int, cluster_id int"),
             spark.createDataFrame(pop),
@@ -392,7 +393,7 @@ def test_cluster_backfill_matches_a_reference_on_random_data(spark: SparkSession
     users = pd.DataFrame({"user_idx": np.arange(n_users, dtype="int32")})
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
     try:
-        got = B.cluster_backfill(
+        got = blend.cluster_backfill(
             spark.createDataFrame(ic, "item_idx int, cluster_id int"),
             spark.createDataFrame(pop),
             spark.createDataFrame(users),
@@ -445,7 +446,7 @@ def test_rank_candidates_matches_the_spark_windows_on_random_data(
     w = {"als": 1.0, "item": 0.6, "cluster": 0.3, "popular": 0.3}
     cold_w = {"cluster": 1.0, "popular": 0.5}
     args = (sources, m, normalization)
-    got = B.rank_candidates(
+    got = blend.rank_candidates(
         cand, *args, w, item_clusters, 10, 2, popularity=popularity, counts=counts, cold_threshold=4,
         cold_weights=cold_w, partitions=3,
     )  # fmt: skip

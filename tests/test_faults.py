@@ -531,7 +531,7 @@ def test_ingest_killed_during_its_writes(spark: SparkSession, tmp_path: Path) ->
 def test_a_dead_horovod_worker_fails_training_in_bounded_time(spark: SparkSession, tmp_path: Path) -> None:
     import numpy as np
 
-    from watchnext.models import ncf_data as D
+    from watchnext.models import ncf_data
     from watchnext.models.ncf import NcfSpec
     from watchnext.models.ncf_train import TrainJob, TrainParams, run_training
 
@@ -539,8 +539,8 @@ def test_a_dead_horovod_worker_fails_training_in_bounded_time(spark: SparkSessio
     rng = np.random.default_rng(0)
     pairs = [(u, int(i)) for u in range(n_users) for i in rng.choice(n_items, 8, replace=False)]
     train = spark.createDataFrame(pairs, "user_idx int, item_idx int")
-    rows = D.training_rows(train, n_items, num_negatives=4, rounds=1, seed=1)
-    data = D.write_shards(rows, str(tmp_path / "train"), shards=4, seed=1)
+    rows = ncf_data.training_rows(train, n_items, num_negatives=4, rounds=1, seed=1)
+    data = ncf_data.write_shards(rows, str(tmp_path / "train"), shards=4, seed=1)
     job = TrainJob(
         spec=NcfSpec(n_users=n_users, n_items=n_items, mf_dim=4, mlp_layers=[8, 4], l2=0.0).to_dict(),
         params=TrainParams(epochs=3, batch_size=32, seed=1),

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from watchnext.models import ncf_data as D
+from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec, build_model, init_neumf_from_pretrained, predict_logits
 from watchnext.models.ncf_train import _save, hit_ndcg, load_model, sampled_ranks, score_pairs, score_topk
 
@@ -78,15 +78,16 @@ def _interactions(spark: SparkSession) -> tuple[pd.DataFrame, object]:
 def test_positives_all_or_above_threshold(spark: SparkSession) -> None:
     pdf, df = _interactions(spark)
     dup = df.unionByName(df)  # repeated events are one positive
-    assertDataFrameEqual(D.positives(dup), df.select("user_idx", "item_idx"))
+    assertDataFrameEqual(ncf_data.positives(dup), df.select("user_idx", "item_idx"))
     expected = pdf[pdf.rating >= 4.0][["user_idx", "item_idx"]]
-    assertDataFrameEqual(D.positives(dup, 4.0), spark.createDataFrame(expected, "user_idx int, item_idx int"))
+    expected_df = spark.createDataFrame(expected, "user_idx int, item_idx int")
+    assertDataFrameEqual(ncf_data.positives(dup, 4.0), expected_df)
 
 
 def test_training_rows_sample_unseen_negatives_per_positive(spark: SparkSession) -> None:
     pdf, df = _interactions(spark)
     n_items, neg, rounds = 30, 3, 2
-    rows = D.training_rows(D.positives(df), n_items, neg, rounds, seed=5).toPandas()
+    rows = ncf_data.training_rows(ncf_data.positives(df), n_items, neg, rounds, seed=5).toPandas()
     seen = pdf.groupby("user_idx").item_idx.apply(set).to_dict()
     for (u, _r), g in rows.groupby(["user_idx", "round"]):
         assert set(g.item_idx) == seen[u] and len(g) == len(seen[u])  # every positive once per round
@@ -100,16 +101,16 @@ def test_training_rows_sample_unseen_negatives_per_positive(spark: SparkSession)
     ]
     assert not np.array_equal(*by_round)  # fresh negatives per round
     # seeded and independent of partitioning: the same frame from 1 or 5 input partitions
-    again = D.training_rows(D.positives(df.repartition(5)), n_items, neg, rounds, seed=5)
+    again = ncf_data.training_rows(ncf_data.positives(df.repartition(5)), n_items, neg, rounds, seed=5)
     assertDataFrameEqual(again, spark.createDataFrame(rows, again.schema))
-    other = D.training_rows(D.positives(df), n_items, neg, rounds, seed=6)
+    other = ncf_data.training_rows(ncf_data.positives(df), n_items, neg, rounds, seed=6)
     with pytest.raises(AssertionError):
         assertDataFrameEqual(other, spark.createDataFrame(rows, other.schema))
 
 
 def test_training_rows_leave_out_a_user_with_no_unseen_item(spark: SparkSession) -> None:
     df = spark.createDataFrame([(0, 0), (0, 1), (0, 2), (1, 2)], "user_idx int, item_idx int")
-    rows = D.training_rows(df, 3, 2, 1, seed=1)
+    rows = ncf_data.training_rows(df, 3, 2, 1, seed=1)
     assert rows.select("user_idx", "item_idx").collect() == [(1, 2)]
     assert sorted(rows.first().negatives) != [] and set(rows.first().negatives) <= {0, 1}
 
@@ -117,14 +118,14 @@ def test_training_rows_leave_out_a_user_with_no_unseen_item(spark: SparkSession)
 def test_training_rows_reject_items_outside_the_catalogue(spark: SparkSession) -> None:
     _, df = _interactions(spark)
     with pytest.raises(Exception, match="n_items is too small"):
-        D.training_rows(D.positives(df), 10, 1, 1, seed=1).collect()
+        ncf_data.training_rows(ncf_data.positives(df), 10, 1, 1, seed=1).collect()
 
 
 def test_sampled_eval_rows_one_positive_among_unseen_negatives(spark: SparkSession) -> None:
     pdf, df = _interactions(spark)
     holdout = spark.createDataFrame([(0, 3), (1, 4), (5, 8)], "user_idx int, item_idx int")
     known = df.select("user_idx", "item_idx").unionByName(holdout)
-    rows = D.sampled_eval_rows(holdout, known, 30, 10, seed=3).toPandas()
+    rows = ncf_data.sampled_eval_rows(holdout, known, 30, 10, seed=3).toPandas()
     seen = pdf.groupby("user_idx").item_idx.apply(set).to_dict()
     assert sorted(rows.user_idx.unique()) == [0, 1, 5]
     for u, g in rows.groupby("user_idx"):
@@ -133,7 +134,7 @@ def test_sampled_eval_rows_one_positive_among_unseen_negatives(spark: SparkSessi
         assert pos == [{0: 3, 1: 4, 5: 8}[u]]
         assert len(negs) == 10 and negs.is_unique and not set(negs) & (seen[u] | set(pos))
     # user 0 has seen 15 of 30 items plus the held-out one: only 14 unseen, all of them are taken
-    few = D.sampled_eval_rows(holdout, known, 30, 20, seed=3).toPandas()
+    few = ncf_data.sampled_eval_rows(holdout, known, 30, 20, seed=3).toPandas()
     assert (few.user_idx == 0).sum() == 1 + 14
 
 
@@ -144,27 +145,27 @@ def _train_df(spark: SparkSession, users: object, items: object, negatives: obje
 
 def test_shards_split_rounds_between_ranks_exactly(spark: SparkSession, tmp_path: Path) -> None:
     pdf, df = _interactions(spark)
-    rows = D.training_rows(D.positives(df), 30, 2, 3, seed=1)
-    data = D.write_shards(rows, str(tmp_path / "train"), shards=6, seed=9)
+    rows = ncf_data.training_rows(ncf_data.positives(df), 30, 2, 3, seed=1)
+    data = ncf_data.write_shards(rows, str(tmp_path / "train"), shards=6, seed=9)
     full = rows.toPandas()
     assert data.rounds == 3 and data.rows == len(full) // 3
     for r in range(3):
-        parts = [D.read_rank_shards(data, rank, 2, r) for rank in range(2)]
+        parts = [ncf_data.read_rank_shards(data, rank, 2, r) for rank in range(2)]
         assert all(p["negatives"].shape == (len(p["user_idx"]), 2) for p in parts)
         w = full[full["round"] == r]
         want = _train_df(spark, w.user_idx, w.item_idx, w.negatives)
         got = [_train_df(spark, p["user_idx"], p["item_idx"], p["negatives"]) for p in parts]
         assertDataFrameEqual(got[0].unionByName(got[1]), want)
         assert abs(len(parts[0]["user_idx"]) - len(parts[1]["user_idx"])) < 0.3 * data.rows
-        one = D.read_rank_shards(data, 0, 1, r)  # one rank reads everything, sorted by (user, item)
+        one = ncf_data.read_rank_shards(data, 0, 1, r)  # one rank reads everything, sorted by (user, item)
         assertDataFrameEqual(_train_df(spark, one["user_idx"], one["item_idx"], one["negatives"]), want)
         assert np.all(np.diff(one["user_idx"].astype(np.int64) * 1000 + one["item_idx"]) > 0)
     holdout = spark.createDataFrame(
         [(int(u), 29) for u in sorted(pdf.user_idx.unique())], "user_idx int, item_idx int"
     )
-    ev_rows = D.sampled_eval_rows(holdout, df.select("user_idx", "item_idx"), 30, 5, seed=3)
-    ev = D.write_shards(ev_rows, str(tmp_path / "ev"), shards=4, seed=9, by_user=True)
-    users = [set(D.read_rank_shards(ev, rank, 2)["user_idx"]) for rank in range(2)]
+    ev_rows = ncf_data.sampled_eval_rows(holdout, df.select("user_idx", "item_idx"), 30, 5, seed=3)
+    ev = ncf_data.write_shards(ev_rows, str(tmp_path / "ev"), shards=4, seed=9, by_user=True)
+    users = [set(ncf_data.read_rank_shards(ev, rank, 2)["user_idx"]) for rank in range(2)]
     assert not users[0] & users[1]  # evaluation users are not split between ranks
     assert users[0] | users[1] == set(pdf.user_idx)
 
@@ -175,7 +176,7 @@ def test_iter_batches_wraps_around_to_the_common_step_count() -> None:
         "item_idx": np.arange(10) + 100,
         "negatives": np.arange(20).reshape(10, 2),
     }
-    batches = list(D.iter_batches(arrays, 4, 4, np.random.default_rng(0)))
+    batches = list(ncf_data.iter_batches(arrays, 4, 4, np.random.default_rng(0)))
     assert [len(b["user_idx"]) for b in batches] == [4, 4, 4, 4]  # 16 rows from 10: wrapped, same step count
     firsts = np.concatenate([b["user_idx"] for b in batches])
     assert set(firsts[:10]) == set(range(10))  # an epoch sees every row before repeating any

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from watchnext.models import ncf_data as D
+from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec
 from watchnext.models.ncf_train import TrainParams, fit, load_model, score_topk
 
@@ -49,10 +49,10 @@ def planted(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> di
     train_pdf, hold_pdf = _planted()
     train = spark.createDataFrame(train_pdf, "user_idx int, item_idx int")
     hold = spark.createDataFrame(hold_pdf, "user_idx int, item_idx int")
-    rows = D.training_rows(train, N_ITEMS, num_negatives=4, rounds=3, seed=11)
-    data = D.write_shards(rows, str(tmp / "train"), shards=8, seed=11)
-    ev = D.sampled_eval_rows(hold, train.unionByName(hold), N_ITEMS, 99, seed=12)
-    evaluation = D.write_shards(ev, str(tmp / "eval"), shards=8, seed=11, by_user=True)
+    rows = ncf_data.training_rows(train, N_ITEMS, num_negatives=4, rounds=3, seed=11)
+    data = ncf_data.write_shards(rows, str(tmp / "train"), shards=8, seed=11)
+    ev = ncf_data.sampled_eval_rows(hold, train.unionByName(hold), N_ITEMS, 99, seed=12)
+    evaluation = ncf_data.write_shards(ev, str(tmp / "eval"), shards=8, seed=11, by_user=True)
     return {"train": train, "train_pdf": train_pdf, "data": data, "eval": evaluation}
 
 

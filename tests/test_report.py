@@ -28,7 +28,7 @@ from watchnext.cli import build_parser
 from watchnext.config import Config
 from watchnext.constants import TABLE_CLUSTERS, TABLE_EVALUATION, TABLE_RECOMMENDATIONS
 from watchnext.locations import local_path
-from watchnext.report import data as D
+from watchnext.report import data as report_data
 from watchnext.stages.report import ARTIFACT
 
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow]
@@ -144,7 +144,7 @@ def test_report_page_shows_the_run(
     ev = tables.read_run_date(spark, cfg.table_path(TABLE_EVALUATION), RUN_DATE)
     expected: dict[str, dict[str, str]] = {}
     for r in ev.where(f"k = {cfg.evaluation.k} OR k IS NULL").collect():
-        if r.metric in D.TABLE_METRICS:
+        if r.metric in report_data.TABLE_METRICS:
             if r.value == r.value:  # NaN shows as an empty cell
                 expected.setdefault(r.model, {})[r.metric] = f"{r.value:.4f}"
     models = {r.model for r in ev.select("model").distinct().collect()}
@@ -203,7 +203,7 @@ def test_popularity_exposure_on_a_hand_made_example(spark: SparkSession) -> None
     items = spark.createDataFrame([(i,) for i in (1, 2, 3, 4)], "item_idx int")
     inter = spark.createDataFrame([(i,) for i in [1] * 4 + [2] * 3 + [3]], "item_idx int")
     recs = spark.createDataFrame([(1, "a"), (1, "a"), (3, "a"), (4, "b")], "item_idx int, model string")
-    got = D.popularity_exposure(inter, items, recs, n_buckets=2)
+    got = report_data.popularity_exposure(inter, items, recs, n_buckets=2)
     expected = pd.DataFrame(
         {"catalogue": [0.5, 0.5], "interactions": [7 / 8, 1 / 8], "a": [2 / 3, 1 / 3], "b": [0.0, 1.0]},
         index=pd.Index([1, 2], name="bucket"),
@@ -214,10 +214,10 @@ def test_popularity_exposure_on_a_hand_made_example(spark: SparkSession) -> None
         [("x", "ndcg", 10, 0.1), ("y", "ndcg", 10, 0.3), ("y", "ndcg", 5, 0.9), ("z", "rmse", None, 0.8)],
         columns=["model", "metric", "k", "value"],
     ).astype({"k": "Int64"})
-    at = D.metrics_at_k(metrics, 10)
+    at = report_data.metrics_at_k(metrics, 10)
     assert list(at.index) == ["y", "x", "z"] and list(at.columns) == ["ndcg", "rmse"]
     assert at.loc["y", "ndcg"] == 0.3 and at.loc["z", "rmse"] == 0.8
-    curve = D.curves(metrics)["ndcg"]  # K x model, NaN where a model was not measured at a K
+    curve = report_data.curves(metrics)["ndcg"]  # K x model, NaN where a model was not measured at a K
     assert list(curve.index) == [5, 10] and curve.loc[10].tolist() == [0.1, 0.3]
     assert curve.loc[5, "y"] == 0.9 and pd.isna(curve.loc[5, "x"])
 
@@ -276,7 +276,7 @@ def _scale_results() -> dict[str, Any]:
 
 
 def test_scale_section_plots_the_finished_stages_of_each_size(tmp_path: Path) -> None:
-    frame = D.scale_frame(_scale_results())
+    frame = report_data.scale_frame(_scale_results())
     one, five = ["1M", 1_000_000, 25_000, 10_000, True], ["5M", 5_000_000, 125_000, 20_000, False]
     expected = pd.DataFrame(
         [
@@ -284,11 +284,11 @@ def test_scale_section_plots_the_finished_stages_of_each_size(tmp_path: Path) ->
             [*one, "report", 36.0, 72.0, 2.1, 2.4],
             [*five, "ingest", 80.0, 160.0, 4.9, 5.8],
         ],
-        columns=D.SCALE_COLUMNS,
+        columns=report_data.SCALE_COLUMNS,
     )
     pd.testing.assert_frame_equal(frame, expected)
     pd.testing.assert_frame_equal(
-        D.scale_totals(frame),
+        report_data.scale_totals(frame),
         pd.DataFrame(
             [[*one, 2, 78.0, 3.6], [*five, 1, 80.0, 5.8]],
             columns=[

@@ -13,7 +13,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from watchnext.report import data as D
+from watchnext.report import data as report_data
 from watchnext.report import plots
 
 BASELINES = ("popularity", "trending")
@@ -37,15 +37,15 @@ class ReportData:
     env: str = "local"
     generated: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    metrics: pd.DataFrame | None = None  # D.metrics_frame
-    exposure: pd.DataFrame | None = None  # D.popularity_exposure
+    metrics: pd.DataFrame | None = None  # report_data.metrics_frame
+    exposure: pd.DataFrame | None = None  # report_data.popularity_exposure
     exposure_note: str = ""  # which lists the exposure columns count
-    clusters: pd.DataFrame | None = None  # D.cluster_table
-    lists: pd.DataFrame | None = None  # D.user_lists
-    history: pd.DataFrame | None = None  # D.recent_history
-    reasons: pd.DataFrame | None = None  # D.reason_mix
+    clusters: pd.DataFrame | None = None  # report_data.cluster_table
+    lists: pd.DataFrame | None = None  # report_data.user_lists
+    history: pd.DataFrame | None = None  # report_data.recent_history
+    reasons: pd.DataFrame | None = None  # report_data.reason_mix
     runs: pd.DataFrame | None = None  # runs.stage_runs
-    scale: pd.DataFrame | None = None  # D.scale_frame (only when report.scale_results is set)
+    scale: pd.DataFrame | None = None  # report_data.scale_frame (only when report.scale_results is set)
     scale_source: str = ""  # the scale results file it was read from
     mlflow: dict[str, str] = dataclasses.field(default_factory=dict)  # tracking_uri, ui, run_id, ...
     missing: dict[str, str] = dataclasses.field(default_factory=dict)  # section -> why it is empty
@@ -82,10 +82,10 @@ def render(data: ReportData) -> str:
     ctx: dict[str, Any] = {"d": data, "fmt": fmt, "headers": HEADERS, "plots": {}}
     models = set() if data.metrics is None else set(data.metrics["model"])
     if data.exposure is not None:
-        models |= set(data.exposure.columns) - {D.CATALOGUE, D.INTERACTIONS}
+        models |= set(data.exposure.columns) - {report_data.CATALOGUE, report_data.INTERACTIONS}
     colors = plots.palette(sorted(models))
     if data.metrics is not None and not data.metrics.empty:
-        at_k = D.metrics_at_k(data.metrics, data.k)
+        at_k = report_data.metrics_at_k(data.metrics, data.k)
         ctx["metric_columns"] = list(at_k.columns)
         ctx["metric_rows"] = metrics_rows(at_k)
         long = data.metrics.sort_values(["metric", "k", "model"], na_position="first")
@@ -93,7 +93,7 @@ def render(data: ReportData) -> str:
             {"model": m, "metric": name, "k": "" if pd.isna(k) else int(k), "value": fmt(v)}
             for m, name, k, v in long[["model", "metric", "k", "value"]].itertuples(index=False)
         ]
-        if curves := D.curves(data.metrics):
+        if curves := report_data.curves(data.metrics):
             ctx["plots"]["curves"] = plots.metric_curves(curves, colors)
         if any(c in at_k.columns for c in BIAS_METRICS):
             ctx["plots"]["bias"] = plots.metric_bars(at_k, BIAS_METRICS, data.k, colors)
@@ -105,7 +105,7 @@ def render(data: ReportData) -> str:
         ctx["plots"]["timings"] = plots.stage_timings(data.runs)
     if data.scale is not None and not data.scale.empty:
         ctx["plots"]["scale"] = plots.scale(data.scale)
-        ctx["scale_totals"] = D.scale_totals(data.scale).to_dict("records")
+        ctx["scale_totals"] = report_data.scale_totals(data.scale).to_dict("records")
     if data.lists is not None:
         ctx["users"] = [
             {

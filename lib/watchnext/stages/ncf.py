@@ -44,7 +44,7 @@ from watchnext.constants import (
 )
 from watchnext.evaluation import protocol
 from watchnext.evaluation.splits import leave_last_n_split
-from watchnext.models import ncf_data as D
+from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec
 from watchnext.models.ncf_train import FitResult, TrainParams, fit, score_topk
 
@@ -97,13 +97,13 @@ def train_on(
     (user_idx, item_idx) per user) and ``known`` (all the users' pairs), validate each epoch on the
     paper's sampled protocol."""
     n = cfg.ncf
-    pos = D.positives(train, n.positive_threshold)
-    rows = D.training_rows(pos, n_items, n.num_negatives, n.negative_rounds, n.seed)
-    data = D.write_shards(rows, f"{work_dir}/train", n.shards, n.seed)
+    pos = ncf_data.positives(train, n.positive_threshold)
+    rows = ncf_data.training_rows(pos, n_items, n.num_negatives, n.negative_rounds, n.seed)
+    data = ncf_data.write_shards(rows, f"{work_dir}/train", n.shards, n.seed)
     evaluation = None
     if holdout is not None and known is not None:
-        ev_rows = D.sampled_eval_rows(holdout, known, n_items, n.eval_negatives, n.seed + 1)
-        evaluation = D.write_shards(ev_rows, f"{work_dir}/eval", n.shards, n.seed, by_user=True)
+        ev_rows = ncf_data.sampled_eval_rows(holdout, known, n_items, n.eval_negatives, n.seed + 1)
+        evaluation = ncf_data.write_shards(ev_rows, f"{work_dir}/eval", n.shards, n.seed, by_user=True)
     run_id = tracking.active_run_id()
     uri = None
     if cfg.mlflow.enabled and run_id != tracking.NO_RUN:
@@ -159,7 +159,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
                 f"{work}/offline",
                 n_users,
                 n_items,
-                holdout=D.holdout_latest(test),
+                holdout=ncf_data.holdout_latest(test),
                 known=known,
                 prefix="offline",
             )

@@ -85,7 +85,7 @@ from watchnext.constants import (
     TABLE_USER_NEIGHBORS,
 )
 from watchnext.evaluation import protocol
-from watchnext.models import blend as B
+from watchnext.models import blend
 from watchnext.models.als import AlsParams, factor_frames, fit_als
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.clusters import user_cluster_affinity
@@ -374,33 +374,33 @@ def _candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
     for s in rc.sources:
         if s == "als" and src.user_factors is not None and src.item_factors is not None:
             uf = src.user_factors.join(users, COL_USER_IDX, "left_semi")
-            parts.append(B.ranked(topk_from_factors(uf, src.item_factors, m, seen_u), s))
+            parts.append(blend.ranked(topk_from_factors(uf, src.item_factors, m, seen_u), s))
         elif s == "item" and src.item_neighbors is not None:
             hist = src.history.join(users, COL_USER_IDX, "left_semi")
-            cand = B.item_candidates(src.item_neighbors, hist, m, recent=rc.recent_items)
-            parts.append(B.ranked(cand, s, anchor=B.COL_ANCHOR_IDX))
+            cand = blend.item_candidates(src.item_neighbors, hist, m, recent=rc.recent_items)
+            parts.append(blend.ranked(cand, s, anchor=blend.COL_ANCHOR_IDX))
         elif s == "user" and src.user_neighbors is not None:
             un = src.user_neighbors.join(users, COL_USER_IDX, "left_semi")
-            parts.append(B.ranked(user_based_scores(un, seen, m), s))
+            parts.append(blend.ranked(user_based_scores(un, seen, m), s))
         elif s == "cluster" and src.affinity is not None:
             aff = src.affinity.join(users, COL_USER_IDX, "left_semi")
             assert src.item_clusters is not None
-            cand = B.cluster_candidates(
+            cand = blend.cluster_candidates(
                 aff, src.item_clusters, src.popularity, seen_u, m, top_clusters=rc.cluster_top
             )
-            parts.append(B.ranked(cand, s))
+            parts.append(blend.ranked(cand, s))
         elif s == "popular":
-            parts.append(B.ranked(topk_from_item_scores(src.popularity, users, m, seen_u), s))
+            parts.append(blend.ranked(topk_from_item_scores(src.popularity, users, m, seen_u), s))
         elif s == "trending":
-            parts.append(B.ranked(topk_from_item_scores(src.trending, users, m, seen_u), s))
+            parts.append(blend.ranked(topk_from_item_scores(src.trending, users, m, seen_u), s))
         elif s == "ncf" and src.ncf is not None:
             ncf = src.ncf.join(users, COL_USER_IDX, "left_semi").join(
                 seen_u, [COL_USER_IDX, COL_ITEM_IDX], "left_anti"
             )
-            parts.append(B.ranked(B.top_per_user(ncf, m), s))
+            parts.append(blend.ranked(blend.top_per_user(ncf, m), s))
     if rc.max_per_cluster is not None and src.item_clusters is not None:
-        fill = B.cluster_backfill(src.item_clusters, src.popularity, users, seen_u, rc.max_per_cluster)
-        parts.append(B.ranked(fill, B.BACKFILL))
+        fill = blend.cluster_backfill(src.item_clusters, src.popularity, users, seen_u, rc.max_per_cluster)
+        parts.append(blend.ranked(fill, blend.BACKFILL))
     if not parts:
         raise ValueError("no candidate source produced anything; check recommend.sources")
     return reduce(DataFrame.unionByName, parts)
@@ -420,10 +420,10 @@ def _scored_pool(
     rc = cfg.recommend
     users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = _candidates(cfg, src, users)
-    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(B.COL_COUNT))
+    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
     rows = users.count() * (len(rc.sources) + 1) * rc.candidates
     parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / _POOL_ROWS))
-    return B.rank_candidates(
+    return blend.rank_candidates(
         cand,
         rc.sources,
         rc.candidates,
@@ -461,10 +461,10 @@ def _tune(
         src = _fit_sources(cfg, fit, item_clusters, params)
         scored = _scored_pool(cfg, src, users, rc.weights, item_clusters, cfg.evaluation.k)
         truth = valid.select(COL_USER_IDX, COL_ITEM_IDX).distinct().join(users, COL_USER_IDX, "left_semi")
-        feats = [B.feature(s) for s in rc.sources]
+        feats = [blend.feature(s) for s in rc.sources]
         # Warm users only: the cold ones are scored by the fixed cold weights, not by these.
         rows = (
-            scored.where(~F.col(B.COL_COLD))
+            scored.where(~F.col(blend.COL_COLD))
             .join(truth.withColumn("relevant", F.lit(True)), [COL_USER_IDX, COL_ITEM_IDX], "left")
             .select(
                 COL_USER_IDX,
@@ -472,7 +472,7 @@ def _tune(
                 COL_CLUSTER,
                 F.coalesce("relevant", F.lit(False)).alias("relevant"),
                 *feats,
-                B.COL_PRIOR,
+                blend.COL_PRIOR,
             )
             .toPandas()
         )
@@ -481,10 +481,10 @@ def _tune(
     finally:
         fit.unpersist()
         valid.unpersist()
-    data = B.TuningData.from_pandas(rows, n_rel, rc.sources)
+    data = blend.TuningData.from_pandas(rows, n_rel, rc.sources)
     k = cfg.evaluation.k
-    start = B.ndcg_at_k(data, rc.weights, k, rc.max_per_cluster)
-    search = B.tune_weights(
+    start = blend.ndcg_at_k(data, rc.weights, k, rc.max_per_cluster)
+    search = blend.tune_weights(
         data, k, rc.max_per_cluster, n_trials=t.n_trials, seed=t.seed, method=t.method, start=rc.weights
     )
     for i, (_, value) in enumerate(search.trials):
@@ -553,7 +553,7 @@ def _check_exactly_n(top: DataFrame, users: DataFrame, n: int) -> dict[str, int]
 
 def _reason(labels_col: Column, anchor_title: Column) -> Column:
     """Human-readable reason from the dominant source (item-item anchors explain latent picks too)."""
-    d = F.col(B.COL_DOMINANT)
+    d = F.col(blend.COL_DOMINANT)
     because = F.concat(F.lit("Because you watched "), anchor_title)
     return (
         F.when(d.isin("item", "als", "ncf") & anchor_title.isNotNull(), because)
@@ -568,7 +568,7 @@ def _decorate(
 ) -> DataFrame:
     """Ids, titles, reasons and model versions on the selected lists."""
     anchors = items.select(
-        F.col(COL_ITEM_IDX).alias(B.COL_ANCHOR_IDX),
+        F.col(COL_ITEM_IDX).alias(blend.COL_ANCHOR_IDX),
         F.col(COL_ITEM).alias(COL_ANCHOR),
         F.col(COL_TITLE).alias("_at"),
     )
@@ -580,7 +580,7 @@ def _decorate(
     return (
         top.join(users, COL_USER_IDX)
         .join(items, COL_ITEM_IDX)
-        .join(anchors, B.COL_ANCHOR_IDX, "left")
+        .join(anchors, blend.COL_ANCHOR_IDX, "left")
         .join(labels, COL_CLUSTER, "left")
         .select(
             COL_USER,
@@ -641,7 +641,7 @@ def _genre_rows(
         .select(COL_USER_IDX, COL_CLUSTER, COL_ROW, COL_ITEM_IDX, COL_SCORE, F.lit(1).alias("_tier"))
     )
     # min(length, unseen items of the cluster) popular unseen items per user and cluster
-    fill = B.cluster_backfill(ic, src.popularity, fav.select(COL_USER_IDX), src.history, length)
+    fill = blend.cluster_backfill(ic, src.popularity, fav.select(COL_USER_IDX), src.history, length)
     backfill = (
         fill.join(ic, COL_ITEM_IDX)
         .join(fav, [COL_USER_IDX, COL_CLUSTER])

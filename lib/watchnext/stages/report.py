@@ -35,7 +35,7 @@ from watchnext.constants import (
     TABLE_ITEMS,
     TABLE_RECOMMENDATIONS,
 )
-from watchnext.report import data as D
+from watchnext.report import data as report_data
 from watchnext.report import html, runs
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
         if items is not None:
             out["counts"]["catalogue items"] = items.count()
     if evaluation is not None:
-        out["metrics"] = D.metrics_frame(evaluation)
+        out["metrics"] = report_data.metrics_frame(evaluation)
     else:
         missing["metrics"] = missing[TABLE_EVALUATION]
     lists = []
@@ -119,7 +119,7 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
         ))  # fmt: skip
     if lists and interactions is not None and items is not None:
         recs = lists[0] if len(lists) == 1 else lists[0].unionByName(lists[1])
-        out["exposure"] = D.popularity_exposure(
+        out["exposure"] = report_data.popularity_exposure(
             interactions, items, recs, n_buckets=cfg.report.popularity_buckets
         )
         out["exposure_note"] = (
@@ -129,15 +129,15 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
     else:
         missing["exposure"] = "no recommendation lists or interactions for this run date"
     if clusters is not None:
-        out["clusters"] = D.cluster_table(clusters)
+        out["clusters"] = report_data.cluster_table(clusters)
     else:
         missing["clusters"] = missing[TABLE_CLUSTERS]
     if published is not None:
-        users = D.sample_users(published, cfg.report.sample_users, cfg.pipeline.seed)
-        out["lists"] = D.user_lists(published, users)
-        out["reasons"] = D.reason_mix(published)
+        users = report_data.sample_users(published, cfg.report.sample_users, cfg.pipeline.seed)
+        out["lists"] = report_data.user_lists(published, users)
+        out["reasons"] = report_data.reason_mix(published)
         if interactions is not None and items is not None:
-            out["history"] = D.recent_history(interactions, items, users)
+            out["history"] = report_data.recent_history(interactions, items, users)
     else:
         missing["samples"] = missing[TABLE_RECOMMENDATIONS]
     out.update(_mlflow(cfg, run_date, missing))
@@ -153,7 +153,7 @@ def _scale(path: str, missing: dict[str, str]) -> dict[str, Any]:
     if not file.is_file():
         missing["scale"] = f"no scale results at {path}: run `make scale`"
         return {}
-    frame = D.scale_frame(json.loads(file.read_text(encoding="utf-8")))
+    frame = report_data.scale_frame(json.loads(file.read_text(encoding="utf-8")))
     if frame.empty:
         missing["scale"] = f"no finished stage in {path}"
         return {}

@@ -369,14 +369,15 @@ def test_tuning_methods_log_one_nested_run_per_trial(
         mlflow.set_experiment("tuning-test")
         with mlflow.start_run() as parent:
             result = tune_als(
-                fit_part, validation, TINY_SPACE, base=FAST, method=method, n_trials=2, seed=0, num_blocks=1
-            )
+                fit_part, validation, TINY_SPACE, base=FAST, method=method, n_trials=3, seed=0, num_blocks=1,
+                concurrent_trials=2,
+            )  # fmt: skip
         children = mlflow.search_runs(
             filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="pandas"
         )
     finally:
         mlflow.set_tracking_uri(previous)
-    assert len(result.trials) == 2
+    assert [t.number for t in result.trials] == [0, 1, 2]  # a batch of 2, then 1
     best = max(result.trials, key=lambda t: t.value)
     assert result.best_value == best.value and result.best_params == best.params
     assert result.best_params.implicit_prefs and result.best_params.seed == FAST.seed  # base kept
@@ -384,11 +385,33 @@ def test_tuning_methods_log_one_nested_run_per_trial(
         assert 4 <= t.params.rank <= 8 and 0.01 <= t.params.reg_param <= 1.0 and t.params.max_iter == 3
         assert 0.0 <= t.value <= 1.0 and t.value == t.metrics["ndcg_at_10"]
     if method == "grid":  # distinct grid points
-        assert len({(t.params.rank, t.params.reg_param, t.params.alpha) for t in result.trials}) == 2
+        assert len({(t.params.rank, t.params.reg_param, t.params.alpha) for t in result.trials}) == 3
         assert all(t.params.rank in (4, 6, 8) and t.params.alpha in (5.0, 20.0) for t in result.trials)
     assert sorted(children["run_id"]) == sorted(t.run_id for t in result.trials)
     assert sorted(children["metrics.ndcg_at_10"]) == sorted(t.value for t in result.trials)
     assert set(children["params.rank"]) == {str(t.params.rank) for t in result.trials}
+
+
+def test_trials_side_by_side_are_the_trials_one_by_one(
+    spark: SparkSession, clustered: tuple[DataFrame, DataFrame]
+) -> None:
+    # Random draws do not depend on finished trials, so proposing 2 at a time and fitting them side by
+    # side must give exactly the one-by-one search: same parameters, same scores, same order.
+    fit_part, validation = validation_split(clustered[0], 0.25, 43)
+    args = {
+        "base": FAST,
+        "method": "random",
+        "n_trials": 3,
+        "seed": 0,
+        "num_blocks": 1,
+        "log_to_mlflow": False,
+    }
+    one = tune_als(fit_part, validation, TINY_SPACE, concurrent_trials=1, **args)
+    two = tune_als(fit_part, validation, TINY_SPACE, concurrent_trials=2, **args)
+    assert [(t.number, t.params, t.metrics) for t in two.trials] == [
+        (t.number, t.params, t.metrics) for t in one.trials
+    ]
+    assert len({t.params for t in one.trials}) == 3 and two.best_params == one.best_params
 
 
 def test_tune_and_refit_from_config(spark: SparkSession, clustered: tuple[DataFrame, DataFrame]) -> None:

@@ -226,6 +226,9 @@ class AlsTuningConfig(_Strict):
     metric: str = "ndcg_at_10"  # a ranking_metrics name; K is taken from its suffix
     seed: int = 43  # of the sampler and the validation split (differs from the test split's 42)
     space: AlsSearchSpace = Field(default_factory=AlsSearchSpace)
+    # Trials fitted side by side (watchnext.concurrency): the sampler proposes this many at a time from
+    # the trials finished so far. A different number gives a different (equally seeded) search.
+    concurrent_trials: int = Field(2, ge=1)
 
     @field_validator("metric")
     @classmethod

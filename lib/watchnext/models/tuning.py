@@ -34,6 +34,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame
 
 from watchnext import progress
+from watchnext.concurrency import map_ordered
 from watchnext.config import AlsConfig, AlsSearchSpace, FloatRange, IntRange
 from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_USER_IDX
 from watchnext.evaluation.metrics import ranking_metrics
@@ -156,6 +157,7 @@ def tune_als(
     seed: int = 43,
     log_to_mlflow: bool = True,
     num_blocks: int | None = None,
+    concurrent_trials: int = 1,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
@@ -167,6 +169,10 @@ def tune_als(
     seed, ...). Each trial recommends the top K (K from the metric name) to every validation user,
     excluding the user's ``train`` items. Returns the best parameters (``base`` with the best searched
     values), its value and all trials. The grid method visits at most ``n_trials`` grid points.
+
+    ``concurrent_trials`` trials are proposed at a time (Optuna's ask), fitted side by side
+    (watchnext.concurrency.map_ordered) and reported back in the order asked (tell): the search is as
+    deterministic as a one-by-one one, and 1 is exactly that.
     """
     import optuna
 
@@ -194,33 +200,40 @@ def tune_als(
     cols = {"col_user": col_user, "col_item": col_item}
     trials: list[Trial] = []
 
-    def objective(trial: Any) -> float:
-        values = _suggest(trial, method, dims)
-        params = AlsParams(**{**base.model_dump(), **values})
+    def evaluate(params: AlsParams) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
         model: ALSModel | None = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
         recs = recommend(model, users, k, seen, **cols)
         metrics = ranking_metrics(recs, validation, k, **cols)
-        seconds = time.perf_counter() - t0
         del model, recs
         gc.collect()  # drop py4j references, so the JVM can free the trial's factors and broadcast
-        value = metrics[metric]
-        run_id = _log_trial(trial.number, method, params, metrics, seconds) if log_to_mlflow else None
-        trials.append(Trial(trial.number, params, value, metrics, seconds, run_id))
-        log.info(
-            "trial %d (%s): %s -> %s=%.5f in %.1f s", trial.number, method, values, metric, value, seconds
-        )
-        return value
+        return metrics, time.perf_counter() - t0
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
     start = _start_point(base, dims) if method != "grid" else None
     if start:
         # The configured parameters are the first trial: the search can only add to a known-good point.
         study.enqueue_trial(start)
+    report = progress.optuna_callback("als tuning", n_trials, metric)
     try:
-        study.optimize(
-            objective, n_trials=n_trials, callbacks=[progress.optuna_callback("als tuning", n_trials, metric)]
-        )
+        while len(trials) < n_trials:
+            asked = [study.ask() for _ in range(min(concurrent_trials, n_trials - len(trials)))]
+            proposed = [_suggest(t, method, dims) for t in asked]
+            batch = [AlsParams(**{**base.model_dump(), **values}) for values in proposed]
+            results = map_ordered(evaluate, batch, concurrent_trials)
+            for trial, values, params, (metrics, seconds) in zip(
+                asked, proposed, batch, results, strict=True
+            ):
+                value = metrics[metric]
+                # MLflow's active run is per thread: the nested trial runs are logged here, in order.
+                run_id = _log_trial(trial.number, method, params, metrics, seconds) if log_to_mlflow else None
+                trials.append(Trial(trial.number, params, value, metrics, seconds, run_id))
+                frozen = study.tell(trial, value)
+                log.info(
+                    "trial %d (%s): %s -> %s=%.5f in %.1f s",
+                    trial.number, method, values, metric, value, seconds,
+                )  # fmt: skip
+                report(study, frozen)
     finally:
         for df in owned:
             df.unpersist()
@@ -295,6 +308,7 @@ def tune_and_refit(
         seed=t.seed,
         log_to_mlflow=log_to_mlflow,
         num_blocks=cfg.num_blocks,
+        concurrent_trials=t.concurrent_trials,
         col_rating=col_rating,
         **cols,
     )

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def drop_py4j_retry_notices(record: logging.LogRecord) -> bool:
+    """False for py4j's INFO notices logged on the root logger: "Exception while sending command." with
+    a ConnectionResetError traceback when a pooled connection was closed (Horovod's forked helpers
+    close their inherited copies); py4j then retries on a fresh connection. Errors still pass."""
+    return not (record.levelno <= logging.INFO and f"{os.sep}py4j{os.sep}" in record.pathname)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("py4j", "alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(drop_py4j_retry_notices)
 
     from watchnext.config import ConfigError, load_config
 

@@ -95,6 +95,21 @@ def preflight(
         raise PreflightError("watchnext preflight failed:\n  - " + "\n  - ".join(problems))
 
 
+# Loggers whose WARN lines are expected by design, raised to ERROR when spark.log_level is WARN (a more
+# verbose level keeps them). The metrics' and the report's windows over per-item aggregates (catalogue
+# sized, ranked as a whole on purpose) each print "No Partition Defined for Window operation!".
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.window",)
+
+
+def quiet_expected_warnings(spark: SparkSession) -> None:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    if jvm is None:  # a Spark Connect session: the server's logging is not ours to set
+        return
+    level = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in QUIET_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+
+
 def build_session(
     cfg: SparkConfig, checkpoint_dir: str | None = None, run_preflight: bool = True
 ) -> SparkSession:
@@ -137,6 +152,8 @@ def build_session(
         builder = builder.config("spark.jars.packages", ",".join(cfg.extra_packages))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if cfg.log_level == "WARN":
+        quiet_expected_warnings(spark)
     if checkpoint_dir:
         # ALS ignores checkpointInterval silently unless a checkpoint dir is set.
         spark.sparkContext.setCheckpointDir(checkpoint_dir)

@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from watchnext.config import SparkConfig
 from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
-from watchnext.models.topk import _block_for, top_positions, topk_from_factors
+from watchnext.models.topk import block_rows_for, top_positions, topk_from_factors
 from watchnext.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
     print(f"agreement on {len(theirs)} users: identical {same:.1%}, up to ties {up_to_ties:.1%}")
 
     # roofline floor on this machine, measured in this process
-    block = _block_for(n_items, args.block_size)
+    block = block_rows_for(n_items, args.block_size)
     gemm = gemm_rate(n_items, args.rank, block, cores)
     sel = selection_rate(n_items, args.rank, args.k, block, cores)
     flops = n_users * n_items * args.rank * 2

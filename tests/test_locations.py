@@ -46,7 +46,9 @@ def test_resolve_path_and_sqlite() -> None:
     assert resolve_path("file:///c/d") == "/c/d"
     with pytest.raises(ValueError, match="local folder"):
         resolve_path("s3a://bucket/cache")
-    assert resolve_sqlite_uri("sqlite:///mlruns/mlflow.db", base="/base") == "sqlite:////base/mlruns/mlflow.db"
+    assert (
+        resolve_sqlite_uri("sqlite:///mlruns/mlflow.db", base="/base") == "sqlite:////base/mlruns/mlflow.db"
+    )
     assert resolve_sqlite_uri("sqlite:////abs/m.db", base="/base") == "sqlite:////abs/m.db"
     assert resolve_sqlite_uri("http://mlflow:5000", base="/base") == "http://mlflow:5000"
     assert resolve_sqlite_uri("databricks", base="/base") == "databricks"

@@ -14,7 +14,14 @@ from pyspark.testing import assertDataFrameEqual
 
 from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec, build_model, init_neumf_from_pretrained, predict_logits
-from watchnext.models.ncf_train import _save, hit_ndcg, load_model, sampled_ranks, score_pairs, score_topk
+from watchnext.models.ncf_train import (
+    hit_ndcg,
+    load_model,
+    sampled_ranks,
+    save_model,
+    score_pairs,
+    score_topk,
+)
 
 pytestmark = [pytest.mark.spark]
 
@@ -209,7 +216,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
     model = build_model(spec)
     model.set_weights([w + np.random.default_rng(2).normal(0, 0.3, w.shape) for w in model.get_weights()])
     path = str(tmp_path_factory.mktemp("ncf") / "model")
-    _save(model, spec, path)
+    save_model(model, spec, path)
     return path, model
 
 

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from watchnext.models.similarity import (
-    _RunningTopK,
+    RunningTopK,
     blocked_topk,
     dense_rows,
     item_based_scores,
@@ -166,7 +166,7 @@ def test_running_topk_floors_keep_the_exact_top_k(limit: int) -> None:
     rng = np.random.default_rng(7)
     n_rows, k = 30, 4
     ids = np.sort(rng.choice(1000, n_rows, replace=False)).astype(np.int64)
-    top = _RunningTopK(ids, k, limit=limit)
+    top = RunningTopK(ids, k, limit=limit)
     seen = []
     # each neighbour id belongs to one block pair, as in blocked_topk; later pairs bring smaller ids too
     blocks = rng.permutation(600).reshape(12, 50).astype(np.int64)

@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 import watchnext.models.topk as topk
-from watchnext.models.topk import _select, _top_by_threshold, top_positions, topk_from_factors
+from watchnext.models.topk import top_by_partition, top_by_threshold, top_positions, topk_from_factors
 
 USER, ITEM, FEATURES, SCORE, RANK = "user_idx", "item_idx", "features", "score", "rank"
 
@@ -66,14 +66,14 @@ def test_threshold_selection_exact_for_any_chunk_count(levels: int) -> None:
     s[5, ::2] = np.nan  # NaN ranks below -inf, and never hides a finite score
     exp_pos, exp_vals = _ref_positions(s, k)
     for chunks in (k + 1, 50, 64, 333, n // 2):
-        pos, vals = _top_by_threshold(s, k, chunks)
+        pos, vals = top_by_threshold(s, k, chunks)
         np.testing.assert_array_equal(pos, exp_pos)
         np.testing.assert_array_equal(vals, exp_vals)
     mask = np.ones((b, n), dtype=bool)  # a reused (dirty) buffer
-    np.testing.assert_array_equal(_top_by_threshold(s, k, mask=mask)[0], exp_pos)
+    np.testing.assert_array_equal(top_by_threshold(s, k, mask=mask)[0], exp_pos)
     few = np.full((3, n), -np.inf, dtype=np.float32)  # no row has K finite scores: all redone
     few[:, [5, 900]] = 2.0
-    np.testing.assert_array_equal(_top_by_threshold(few, k)[0], _ref_positions(few, k)[0])
+    np.testing.assert_array_equal(top_by_threshold(few, k)[0], _ref_positions(few, k)[0])
 
 
 def test_threshold_selection_without_ties_needs_no_full_row(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,13 +82,13 @@ def test_threshold_selection_without_ties_needs_no_full_row(monkeypatch: pytest.
     s = rng.standard_normal((64, 5000)).astype(np.float32)
     s[7, :4990] = -np.inf  # 10 finite scores: this row is redone on its full row
     calls: list[int] = []
-    real = topk._select
+    real = topk.top_by_partition
 
     def spy(vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         calls.append(len(vals))
         return real(vals, k)
 
-    monkeypatch.setattr(topk, "_select", spy)
+    monkeypatch.setattr(topk, "top_by_partition", spy)
     pos, vals = top_positions(s, 50)
     exp_pos, exp_vals = _ref_positions(s, 50)
     np.testing.assert_array_equal(pos, exp_pos)
@@ -109,7 +109,7 @@ def test_select_equals_a_full_sort(k: int) -> None:
     rng = np.random.default_rng(k)
     vals = rng.integers(0, 4, size=(30, 60)).astype(np.float64)
     vals[0] = 2.0
-    idx, top = _select(vals, k)
+    idx, top = top_by_partition(vals, k)
     exp_idx, exp_top = _ref_positions(vals, k)
     np.testing.assert_array_equal(idx, exp_idx)
     np.testing.assert_array_equal(top, exp_top)

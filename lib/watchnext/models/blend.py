@@ -65,8 +65,9 @@ from watchnext.constants import (
     COL_USER_IDX,
 )
 from watchnext.grouped import by_key
+from watchnext.kernels import lookup_sorted
 from watchnext.models.similarity import item_based_scores, weighted_scores
-from watchnext.models.topk import _lookup, top_unseen
+from watchnext.models.topk import top_unseen
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def _pool_table(
 
 def _at(keys: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``values`` of the sorted ``keys`` at ``x``, 0 where absent."""
-    pos, hit = _lookup(keys, x)
+    pos, hit = lookup_sorted(keys, x)
     return np.where(hit, values[pos] if len(values) else 0.0, 0.0)
 
 
@@ -364,7 +365,7 @@ def _top_table(
     chosen rows, or ``every`` row with ``rank`` null where not chosen."""
     item = _np(t, COL_ITEM_IDX, np.int64)
     ids, values, has = clusters
-    pos, hit = _lookup(ids, item)
+    pos, hit = lookup_sorted(ids, item)
     hit &= has[pos] if len(has) else hit
     cluster = np.where(hit, values[pos] if len(values) else 0, 0)
     group = np.where(hit, cluster, -1 - item)

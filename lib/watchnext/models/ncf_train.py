@@ -260,7 +260,7 @@ def train_worker(job: TrainJob) -> RankResult:
     result.train_seconds = time.perf_counter() - t0
 
     if rank == 0:
-        result.wrote.extend(_save(model, spec, job.model_dir))
+        result.wrote.extend(save_model(model, spec, job.model_dir))
         if job.tracking_uri and job.run_id:
             _log_mlflow(job, result)
             result.mlflow_logged = True
@@ -278,7 +278,9 @@ def _chunked(fn: Any, tf: Any, users: np.ndarray, items: np.ndarray, chunk: int 
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def _save(model: Any, spec: NcfSpec, model_dir: str) -> list[str]:
+def save_model(model: Any, spec: NcfSpec, model_dir: str) -> list[str]:
+    """Write ``model``'s weights and ``spec`` (JSON) under ``model_dir`` (any ``tf.io.gfile`` location),
+    for :func:`load_model`; returns the paths written."""
     import tensorflow as tf
 
     tf.io.gfile.makedirs(model_dir)

@@ -17,7 +17,7 @@ The engine (:func:`blocked_topk`) never builds or shuffles the full ``n x n`` si
 3. **Multiply.** Inside ``mapInPandas`` a pair is one BLAS matmul ``A @ B.T`` (scipy's sparse
    product for sparse blocks); self-pairs are masked; each row's top K within the pair comes out of
    :func:`~watchnext.models.topk.top_positions`, and the task keeps a running top K per row of its
-   row blocks across their pairs (:class:`_RunningTopK`: a candidate below its row's K-th score so
+   row blocks across their pairs (:class:`RunningTopK`: a candidate below its row's K-th score so
    far is dropped before any sort). Set measures stay sparse: only the product's nonzeros with at
    least ``min_overlap`` shared members are scored.
 4. **Merge.** Every row leaves its task with at most K candidates (not ``n_blocks * K``: the window
@@ -59,7 +59,8 @@ from watchnext.constants import (
     COL_TIMESTAMP,
     COL_USER_IDX,
 )
-from watchnext.models.topk import _arrow_int, _flat, _len, _lookup, _ranked_schema, top_positions
+from watchnext.kernels import arrow_int_type, flat_lists, list_len, lookup_sorted, ranked_schema
+from watchnext.models.topk import top_positions
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +347,12 @@ def blocked_topk(
         return rows[keep], top[keep].astype(np.int64), vals[keep].astype(np.float64)
 
     def multiply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        running: dict[int, _RunningTopK] = {}  # row block -> its rows' best K so far
+        running: dict[int, RunningTopK] = {}  # row block -> its rows' best K so far
         for pdf in batches:
             for _, rec in pdf.iterrows():
                 a_block = int(rec[f"a{_BLOCK}"])
                 if a_block not in running:
-                    running[a_block] = _RunningTopK(np.asarray(rec[f"a{_IDS}"], dtype=np.int64), k)
+                    running[a_block] = RunningTopK(np.asarray(rec[f"a{_IDS}"], dtype=np.int64), k)
                 rows, cols, scores = pair_candidates(rec)
                 running[a_block].add(rows, np.asarray(rec[f"b{_IDS}"], dtype=np.int64)[cols], scores)
         for top in running.values():
@@ -366,7 +367,7 @@ def blocked_topk(
     )
 
 
-class _RunningTopK:
+class RunningTopK:
     """The best ``k`` neighbours (score descending, ties to the smaller neighbour id) of each row of a
     row block, across its block pairs (both kernels: a cosine pair adds each row's top K within the
     pair, a set-measure pair every pair with enough overlap). Each row keeps a floor, the ``k``-th
@@ -592,12 +593,12 @@ def _vote_topk(
     key_ids, indptr, cols, values, item_ids = _csr(*(c.to_numpy() for c in tbl.columns))
     log.info("kNN scoring: %d x %d matrix, %d entries, broadcast", len(key_ids), len(item_ids), len(cols))
     bc = weights.sparkSession.sparkContext.broadcast((key_ids, indptr, cols, values, item_ids))
-    fields, np_types = _ranked_schema(user_type, item_type, col_user, col_item)
+    fields, np_types = ranked_schema(user_type, item_type, col_user, col_item)
     out = T.StructType(
         fields + ([T.StructField(col_anchor, matrix.schema[_KEY].dataType, False)] if col_anchor else [])
     )
     if col_anchor:
-        np_types[col_anchor] = _arrow_int(matrix.schema[_KEY].dataType, _KEY).to_pandas_dtype()
+        np_types[col_anchor] = arrow_int_type(matrix.schema[_KEY].dataType, _KEY).to_pandas_dtype()
 
     mode = "list" if isinstance(exclude, DataFrame) else exclude
 
@@ -613,19 +614,19 @@ def _vote_topk(
             b = len(pdf)
             lens = pdf[_KEY].map(len).to_numpy()
             rows = np.repeat(np.arange(b), lens)
-            keys, w = _flat(pdf[_KEY], np.int64), _flat(pdf[_WEIGHT], np.float64)
-            pos, hit = _lookup(kid, keys)
+            keys, w = flat_lists(pdf[_KEY], np.int64), flat_lists(pdf[_WEIGHT], np.float64)
+            pos, hit = lookup_sorted(kid, keys)
             hit &= w != 0
             votes = sparse.csr_matrix((w[hit], (rows[hit], pos[hit])), shape=(b, len(kid))) @ m
             if mode != "own_row":  # the keys or the listed items
                 ex_rows, ex_items = rows, keys
                 if mode == "list":
-                    ex_rows = np.repeat(np.arange(b), pdf[_EXCLUDED].map(_len).to_numpy())
-                    ex_items = _flat(pdf[_EXCLUDED], np.int64)
-                ex_c, ok = _lookup(iid, ex_items)
+                    ex_rows = np.repeat(np.arange(b), pdf[_EXCLUDED].map(list_len).to_numpy())
+                    ex_items = flat_lists(pdf[_EXCLUDED], np.int64)
+                ex_c, ok = lookup_sorted(iid, ex_items)
                 excluded = sparse.csr_matrix((np.ones(ok.sum()), (ex_rows[ok], ex_c[ok])), shape=votes.shape)
             else:
-                upos, ok = _lookup(kid, pdf[col_user].to_numpy(np.int64))
+                upos, ok = lookup_sorted(kid, pdf[col_user].to_numpy(np.int64))
                 own = m[upos[ok]].tocoo()  # each user's own row of M
                 excluded = sparse.csr_matrix(
                     (np.ones(own.nnz), (np.flatnonzero(ok)[own.row], own.col)), shape=votes.shape

@@ -41,6 +41,7 @@ from pyspark.sql import types as T
 
 from watchnext.checks import require_columns
 from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
+from watchnext.kernels import arrow_int_type, flat_lists, list_len, lookup_sorted, ranked_schema
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,9 @@ _CHUNKS_PER_K = 4
 _MAX_CANDIDATES = 8  # per K: rows with more cells at or above their threshold are redone on the full row
 # A dense id -> position table for the seen lists when the item ids span at most this many times n_items.
 _DENSE_LOOKUP_SPAN = 8
-_ARROW_TYPES: dict[type[T.DataType], pa.DataType] = {
-    T.ByteType: pa.int8(),
-    T.ShortType: pa.int16(),
-    T.IntegerType: pa.int32(),
-    T.LongType: pa.int64(),
-}
 
 
-def _select(vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_by_partition(vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k < vals.shape[1]`` of each row by value desc, then position asc, through one
     ``argpartition``; only rows whose K-th value is tied with a cell outside the partition are sorted."""
     part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
@@ -85,7 +80,7 @@ def _select(vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(pv, order, axis=1)
 
 
-def _top_by_threshold(
+def top_by_threshold(
     scores: np.ndarray, k: int, n_chunks: int | None = None, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_positions` through a per-row threshold (module docstring); needs ``k < n_chunks <=
@@ -109,7 +104,7 @@ def _top_by_threshold(
         flat, rows = flat[keep], rows[keep]
         counts[redo] = 0
         if not len(flat):
-            return _select(scores, k)
+            return top_by_partition(scores, k)
     # Candidates packed left per row, padded, still in column order: a stable sort by value then ranks
     # ties by the smaller column, exactly. Negated, so the sort is ascending and the pads (+inf) last.
     width = max(int(counts.max()), k)
@@ -123,7 +118,7 @@ def _top_by_threshold(
     top = flat[np.minimum(starts[:, None] + best, len(flat) - 1)] - np.arange(b)[:, None] * n
     again = np.flatnonzero(redo)
     if len(again):
-        top[again], vals[again] = _select(scores[again], k)
+        top[again], vals[again] = top_by_partition(scores[again], k)
     return top, vals
 
 
@@ -146,67 +141,22 @@ def top_positions(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if b == 0 or kk == 0:
         return np.zeros((b, 0), dtype=np.int64), np.zeros((b, 0), dtype=scores.dtype)
     if n >= max(_THRESHOLD_MIN_COLS, _THRESHOLD_MIN_RATIO * kk):
-        return _top_by_threshold(scores, kk)
+        return top_by_threshold(scores, kk)
     if kk < n:
-        return _select(scores, kk)
+        return top_by_partition(scores, kk)
     part = np.broadcast_to(np.arange(n), (b, n))
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def _block_for(n_items: int, block_size: int | None) -> int:
+def block_rows_for(n_items: int, block_size: int | None) -> int:
+    """Users scored per block against ``n_items`` items: ``block_size`` when given, else as many as keep
+    a block's score matrix near ``_BLOCK_CELLS`` cells (at most ``_MAX_BLOCK``)."""
     if block_size is not None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         return block_size
     return max(1, min(_MAX_BLOCK, _BLOCK_CELLS // max(1, n_items)))
-
-
-def _len(x: object) -> int:
-    return 0 if x is None else len(x)  # type: ignore[arg-type]
-
-
-def _flat(lists: pd.Series, dtype: type) -> np.ndarray:
-    """The concatenation of a column of lists (None: empty)."""
-    return np.concatenate([np.zeros(0, dtype), *(np.asarray(x, dtype) for x in lists if x is not None)])
-
-
-def _lookup(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``x`` in the sorted ``ids`` and whether each is there."""
-    if not len(ids):
-        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
-    pos = np.minimum(np.searchsorted(ids, x), len(ids) - 1)
-    return pos, ids[pos] == x
-
-
-def _arrow_int(dt: T.DataType, what: str) -> pa.DataType:
-    for spark_type, arrow_type in _ARROW_TYPES.items():
-        if isinstance(dt, spark_type):
-            return arrow_type
-    raise ValueError(f"{what} must be an integer column, got {dt.simpleString()}")
-
-
-def _ranked_schema(
-    user_type: T.DataType,
-    item_type: T.DataType,
-    col_user: str = COL_USER_IDX,
-    col_item: str = COL_ITEM_IDX,
-    col_score: str = COL_SCORE,
-    col_rank: str = COL_RANK,
-) -> tuple[list[T.StructField], dict[str, np.dtype]]:
-    """A ranked list's fields ``(user, item, score: double, rank: int)`` and the numpy dtypes of its
-    id columns (what a pandas batch is cast to before it goes back to Spark)."""
-    fields = [
-        T.StructField(col_user, user_type, False),
-        T.StructField(col_item, item_type, False),
-        T.StructField(col_score, T.DoubleType(), False),
-        T.StructField(col_rank, T.IntegerType(), False),
-    ]
-    np_types = {
-        col_user: _arrow_int(user_type, col_user).to_pandas_dtype(),
-        col_item: _arrow_int(item_type, col_item).to_pandas_dtype(),
-    }
-    return fields, np_types
 
 
 def _dense(arr: pa.Array, what: str) -> np.ndarray:
@@ -258,12 +208,12 @@ def topk_from_factors(
     spark = user_factors.sparkSession
     user_type = user_factors.schema[col_user].dataType
     item_type = item_factors.schema[col_item].dataType
-    fields, _ = _ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
+    fields, _ = ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
     out_schema = T.StructType(fields)
     arrow_schema = pa.schema(
         [
-            pa.field(col_user, _arrow_int(user_type, f"user_factors.{col_user}"), False),
-            pa.field(col_item, _arrow_int(item_type, f"item_factors.{col_item}"), False),
+            pa.field(col_user, arrow_int_type(user_type, f"user_factors.{col_user}"), False),
+            pa.field(col_item, arrow_int_type(item_type, f"item_factors.{col_item}"), False),
             pa.field(col_score, pa.float64(), False),
             pa.field(col_rank, pa.int32(), False),
         ]
@@ -287,7 +237,7 @@ def topk_from_factors(
     if len(ids) and int(ids[-1]) - int(ids[0]) < _DENSE_LOOKUP_SPAN * len(ids) + 1024:
         lookup = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, dtype=np.int64)
         lookup[ids - ids[0]] = np.arange(len(ids))
-    block = _block_for(len(ids), block_size)
+    block = block_rows_for(len(ids), block_size)
     log.info("top-%d from factors: %d items x %d dims broadcast, %d users per block", k, *q.shape, block)
     bc = spark.sparkContext.broadcast((ids, q_t, lookup))
 
@@ -338,7 +288,7 @@ def topk_from_factors(
                     lo, hi = np.searchsorted(s_rows, [start, stop])
                     scores[s_rows[lo:hi] - start, s_pos[lo:hi]] = -np.inf
                 if mask is not None:
-                    top, vals = _top_by_threshold(scores, k, mask=mask[: stop - start])
+                    top, vals = top_by_threshold(scores, k, mask=mask[: stop - start])
                 else:
                     top, vals = top_positions(scores, k)
                 keep = vals > -np.inf  # seen items (and NaN) never come back
@@ -437,7 +387,7 @@ def top_unseen(
     )
     user_type = users.schema[col_user].dataType
     item_type = item_scores.schema[col_item].dataType
-    fields, np_types = _ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
+    fields, np_types = ranked_schema(user_type, item_type, col_user, col_item, col_score, col_rank)
     out = T.StructType(fields)
 
     def take(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -449,8 +399,8 @@ def top_unseen(
             if not b or not n:
                 continue
             # the seen items' positions in the ranking, one per (user, item), sorted
-            found, ok = _lookup(sorted_items, _flat(pdf[_SEEN], np.int64))
-            rows = np.repeat(np.arange(b, dtype=np.int64), pdf[_SEEN].map(_len).to_numpy())
+            found, ok = lookup_sorted(sorted_items, flat_lists(pdf[_SEEN], np.int64))
+            rows = np.repeat(np.arange(b, dtype=np.int64), pdf[_SEEN].map(list_len).to_numpy())
             seen_keys = np.unique(rows[ok] * n + by_item[found[ok]])
             seen_row, seen_pos = np.divmod(seen_keys, n)
             per_group = np.zeros((b, n_groups), np.int64)
@@ -460,7 +410,7 @@ def top_unseen(
             cell = np.repeat(np.arange(b * n_groups, dtype=np.int64), depth)
             offset = np.arange(len(cell)) - np.repeat(np.cumsum(depth) - depth, depth)
             row, pos = cell // n_groups, starts[cell % n_groups] + offset
-            unseen = ~_lookup(seen_keys, row * n + pos)[1]
+            unseen = ~lookup_sorted(seen_keys, row * n + pos)[1]
             cell, row, pos = cell[unseen], row[unseen], pos[unseen]
             first = np.arange(len(cell)) - np.searchsorted(cell, cell) < k
             row, pos = row[first], pos[first]

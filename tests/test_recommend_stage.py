@@ -43,9 +43,9 @@ from watchnext.constants import (
 )
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
+from watchnext.recommend import publish
 from watchnext.serving import RecommendationStore
 from watchnext.stages import ingest
-from watchnext.stages import recommend as recommend_stage
 
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -307,7 +307,7 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
     latest_version = (
         DeltaTable.forPath(spark, cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)).history(1).first().version
     )
-    real = recommend_stage._decorate
+    real = publish.decorate
     victim = first.orderBy("user_id").select("user_id").first()[0]
 
     def explode(user: str) -> str:
@@ -318,7 +318,7 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
     def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
         return real(*args, **kwargs).withColumn("user_id", F.udf(explode)("user_id"))
 
-    monkeypatch.setattr(recommend_stage, "_decorate", failing)
+    monkeypatch.setattr(publish, "decorate", failing)
     with pytest.raises(Exception, match="injected failure"):
         pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
     assert DeltaTable.forPath(spark, path).history(1).first().version == version

@@ -346,7 +346,8 @@ class BlendTuningConfig(_Strict):
 
 
 class RecommendConfig(_Strict):
-    """Candidates, blend, cold start, diversity and the published tables (stages/recommend.py)."""
+    """Candidates, blend, cold start, diversity and the published tables (watchnext.recommend, wired by
+    stages/recommend.py)."""
 
     n: int = Field(10, ge=1)  # items per user in `recommendations`
     candidates: int = Field(100, ge=1)  # M: candidates per user and source

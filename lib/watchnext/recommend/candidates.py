@@ -1,0 +1,107 @@
+"""Candidates from every source, pooled and ranked by the blend: the recommend path's scoring step.
+
+:func:`candidates` gives each source's top-M unseen items per user in the long format
+(``models/blend.py``'s ``ranked``); :func:`scored_pool` blends them (per-source normalisation, weights,
+cold-start weights, the per-cluster cap) into one row per (user, item) with ``rank`` 1..n on the chosen
+items; :func:`top_n` keeps the chosen rows.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from watchnext.config import Config
+from watchnext.constants import COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
+from watchnext.models import blend
+from watchnext.models.similarity import user_based_scores
+from watchnext.models.topk import topk_from_factors, topk_from_item_scores
+from watchnext.recommend.sources import Sources
+
+POOL_ROWS = 2_000_000  # candidate rows per partition of the pool (ranked in numpy as a whole)
+
+
+def candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
+    """Every source's top-M unseen items for ``users`` (distinct user_idx), in the long format."""
+    rc, m = cfg.recommend, cfg.recommend.candidates
+    seen = src.history.select(COL_USER_IDX, COL_ITEM_IDX)
+    seen_u = src.cache(seen.join(users, COL_USER_IDX, "left_semi"))
+    parts: list[DataFrame] = []
+    for s in rc.sources:
+        if s == "als" and src.user_factors is not None and src.item_factors is not None:
+            uf = src.user_factors.join(users, COL_USER_IDX, "left_semi")
+            parts.append(blend.ranked(topk_from_factors(uf, src.item_factors, m, seen_u), s))
+        elif s == "item" and src.item_neighbors is not None:
+            hist = src.history.join(users, COL_USER_IDX, "left_semi")
+            cand = blend.itemcandidates(src.item_neighbors, hist, m, recent=rc.recent_items)
+            parts.append(blend.ranked(cand, s, anchor=blend.COL_ANCHOR_IDX))
+        elif s == "user" and src.user_neighbors is not None:
+            un = src.user_neighbors.join(users, COL_USER_IDX, "left_semi")
+            parts.append(blend.ranked(user_based_scores(un, seen, m), s))
+        elif s == "cluster" and src.affinity is not None:
+            aff = src.affinity.join(users, COL_USER_IDX, "left_semi")
+            assert src.item_clusters is not None
+            cand = blend.clustercandidates(
+                aff, src.item_clusters, src.popularity, seen_u, m, top_clusters=rc.cluster_top
+            )
+            parts.append(blend.ranked(cand, s))
+        elif s == "popular":
+            parts.append(blend.ranked(topk_from_item_scores(src.popularity, users, m, seen_u), s))
+        elif s == "trending":
+            parts.append(blend.ranked(topk_from_item_scores(src.trending, users, m, seen_u), s))
+        elif s == "ncf" and src.ncf is not None:
+            ncf = src.ncf.join(users, COL_USER_IDX, "left_semi").join(
+                seen_u, [COL_USER_IDX, COL_ITEM_IDX], "left_anti"
+            )
+            parts.append(blend.ranked(blend.top_per_user(ncf, m), s))
+    if rc.max_per_cluster is not None and src.item_clusters is not None:
+        fill = blend.cluster_backfill(src.item_clusters, src.popularity, users, seen_u, rc.max_per_cluster)
+        parts.append(blend.ranked(fill, blend.BACKFILL))
+    if not parts:
+        raise ValueError("no candidate source produced anything; check recommend.sources")
+    return reduce(DataFrame.unionByName, parts)
+
+
+def scored_pool(
+    cfg: Config,
+    src: Sources,
+    users: DataFrame,
+    weights: dict[str, float],
+    item_clusters: DataFrame,
+    n: int,
+) -> DataFrame:
+    """The blended candidate pool of ``users``: one row per (user, item) with score, dominant source,
+    cluster and ``rank`` (1..n in the user's capped top n, null otherwise); users with fewer than
+    ``cold_threshold`` interactions are scored with the cold weights."""
+    rc = cfg.recommend
+    users = src.cache(users.select(COL_USER_IDX).distinct())
+    cand = candidates(cfg, src, users)
+    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
+    rows = users.count() * (len(rc.sources) + 1) * rc.candidates
+    parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / POOL_ROWS))
+    return blend.rankcandidates(
+        cand,
+        rc.sources,
+        rc.candidates,
+        rc.normalization,
+        weights,
+        item_clusters,
+        n,
+        rc.max_per_cluster,
+        popularity=src.popularity,
+        counts=counts,
+        cold_threshold=rc.cold_threshold,
+        cold_weights=rc.cold_weights,
+        partitions=parts,
+    )
+
+
+def top_n(
+    cfg: Config, src: Sources, users: DataFrame, item_clusters: DataFrame, weights: dict[str, float], n: int
+) -> DataFrame:
+    """The blended, capped top ``n`` of ``users``: ``(user_idx, item_idx, score, rank)``."""
+    scored = scored_pool(cfg, src, users, weights, item_clusters, n)
+    return scored.where(F.col(COL_RANK).isNotNull()).select(COL_USER_IDX, COL_ITEM_IDX, COL_SCORE, COL_RANK)

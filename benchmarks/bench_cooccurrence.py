@@ -44,7 +44,7 @@ from watchnext.constants import (
     COL_USER_IDX,
 )
 from watchnext.ingest.synthetic import generate
-from watchnext.models.similarity import user_neighbors_from_cooccurrence
+from watchnext.models.neighbors import user_neighbors_from_cooccurrence
 from watchnext.session import build_session
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench_cooccurrence.json"

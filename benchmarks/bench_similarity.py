@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 
 from watchnext.config import SparkConfig
 from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_NEIGHBOR_IDX, COL_RANK, COL_SCORE
-from watchnext.models.similarity import item_neighbors_from_factors
+from watchnext.models.neighbors import item_neighbors_from_factors
 from watchnext.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from blend_reference import spark_reference_ranking
 from watchnext.evaluation.metrics import ranking_metrics
-from watchnext.models import blend
+from watchnext.models import blend, blend_tuning
 
 pytestmark = [pytest.mark.spark]
 
@@ -121,12 +121,12 @@ def test_numpy_ndcg_equals_the_spark_evaluator(spark: SparkSession, cap: int | N
 
     rel = pool.merge(truth.assign(relevant=True), on=["user_idx", "item_idx"], how="left")
     rel["relevant"] = rel["relevant"].astype("boolean").fillna(False)
-    data = blend.TuningData.from_pandas(
+    data = blend_tuning.TuningData.from_pandas(
         rel.merge(clusters, on="item_idx", how="left"),
         truth.groupby("user_idx").size(),
         ["als", "item", "popular"],
     )
-    assert blend.ndcg_at_k(data, w, k, cap) == pytest.approx(spark_ndcg, abs=1e-12)
+    assert blend_tuning.ndcg_at_k(data, w, k, cap) == pytest.approx(spark_ndcg, abs=1e-12)
 
 
 def test_tune_weights_finds_the_informative_mix() -> None:
@@ -149,12 +149,14 @@ def test_tune_weights_finds_the_informative_mix() -> None:
         }  # fmt: skip
     )
     n_rel = pdf.groupby("user_idx").relevant.sum()
-    data = blend.TuningData.from_pandas(pdf, n_rel[n_rel > 0], ["als", "item", "popular"])
-    search = blend.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
+    data = blend_tuning.TuningData.from_pandas(pdf, n_rel[n_rel > 0], ["als", "item", "popular"])
+    search = blend_tuning.tune_weights(
+        data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0}
+    )
     assert search.value > max(search.single_source.values()) + 0.02
-    assert search.value >= blend.ndcg_at_k(data, {"als": 1.0, "popular": 1.0}, 10, None)
+    assert search.value >= blend_tuning.ndcg_at_k(data, {"als": 1.0, "popular": 1.0}, 10, None)
     assert search.weights["popular"] < 0.3 < min(search.weights["als"], search.weights["item"])
-    again = blend.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
+    again = blend_tuning.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
     assert again.weights == search.weights
 
 

@@ -27,7 +27,7 @@ from watchnext.constants import (
 )
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
-from watchnext.models.similarity import item_neighbors_from_factors
+from watchnext.models.neighbors import item_neighbors_from_factors
 from watchnext.stages import ingest
 
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.slow]

@@ -11,18 +11,14 @@ from pyspark.ml.linalg import Vectors
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from watchnext.models.similarity import (
-    RunningTopK,
-    blocked_topk,
-    dense_rows,
-    item_based_scores,
+from watchnext.models.knn import item_based_scores, user_based_scores
+from watchnext.models.neighbors import (
     item_neighbors_from_content,
     item_neighbors_from_cooccurrence,
     item_neighbors_from_factors,
-    set_rows,
-    user_based_scores,
     user_neighbors_from_cooccurrence,
 )
+from watchnext.models.similarity import RunningTopK, blocked_topk, dense_rows, set_rows
 
 pytestmark = [pytest.mark.spark]
 

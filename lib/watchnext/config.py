@@ -311,7 +311,7 @@ class ClustersConfig(_Strict):
 
 
 class SimilarityConfig(_Strict):
-    """Item-item neighbours and user-user neighbours (models/similarity.py)."""
+    """Item-item and user-user neighbours (models/neighbors.py, on the engine in models/similarity.py)."""
 
     k: int = Field(20, ge=1)  # neighbours kept per item and source
     sources: list[Literal["als", "content", "cooccurrence"]] = Field(

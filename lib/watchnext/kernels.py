@@ -1,10 +1,12 @@
-"""Small array helpers shared by the top-K engine, the neighbour search and the blend.
+"""Small array helpers shared by the top-K engine, the neighbour search, the blend and its tuning.
 
 Each works on numpy arrays, pandas columns of lists or Spark/Arrow types, never on a DataFrame: the
 callers run them inside ``mapInPandas``/``mapInArrow`` batches or on the driver.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,3 +70,45 @@ def ranked_schema(
         col_item: arrow_int_type(item_type, col_item).to_pandas_dtype(),
     }
     return fields, np_types
+
+
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """True where a run of equal keys begins (arrays sorted by those keys)."""
+    new = np.zeros(len(keys[0]), bool)
+    if len(new):
+        new[0] = True
+        for key in keys:
+            new[1:] |= key[1:] != key[:-1]
+    return new
+
+
+def run_position(new: np.ndarray) -> np.ndarray:
+    """0-based position of each row within its run (``new``: :func:`run_starts`)."""
+    return np.arange(len(new)) - np.flatnonzero(new)[np.cumsum(new) - 1]
+
+
+def capped_rank(
+    user: np.ndarray, item: np.ndarray, score: np.ndarray, group: np.ndarray, n: int, cap: int | None
+) -> np.ndarray:
+    """Per row, its rank 1..n in the user's capped top ``n``, 0 when not chosen: at most ``cap`` rows of
+    one ``group`` (the row's cluster; ``-1 - item`` for an item without one), then the best capped-out
+    rows when a user has fewer than ``n`` eligible ones (``models/blend.py``'s module docstring)."""
+    size = len(user)
+    rank = np.zeros(size, np.int32)
+    if not size:
+        return rank
+    order = np.lexsort((item, -score, user))  # within user: score desc, item asc
+    u, g = user[order], group[order]
+    ok = np.ones(size, bool)
+    if cap is not None:
+        by_group = np.lexsort((np.arange(size), g, u))  # stable: keeps the score order
+        ok[by_group] = run_position(run_starts(u[by_group], g[by_group])) < cap
+    pick = np.lexsort((np.arange(size), ~ok, u))  # eligible first, each part in score order
+    chosen = np.sort(pick[run_position(run_starts(u[pick])) < n])  # back to score order
+    rank[order[chosen]] = run_position(run_starts(u[chosen])) + 1
+    return rank
+
+
+def weight_vector(weights: Mapping[str, float], sources: Sequence[str]) -> np.ndarray:
+    """``weights`` in the order of ``sources`` (a missing source weighs 0)."""
+    return np.array([float(weights.get(s, 0.0)) for s in sources])

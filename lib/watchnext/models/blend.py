@@ -5,7 +5,7 @@ score, rank, anchor_idx)`` (``anchor_idx``: the watched item that explains an it
 
 * ``als``: top-M of ``p_u . q_i`` (:func:`~watchnext.models.topk.topk_from_factors`);
 * ``item``: neighbours of the user's (recent) items, ``sum of sim(j, i)`` (:func:`item_candidates`);
-* ``user``: items of similar users (:func:`~watchnext.models.similarity.user_based_scores`);
+* ``user``: items of similar users (:func:`~watchnext.models.knn.user_based_scores`);
 * ``cluster``: popular items of the user's favourite genre clusters (:func:`cluster_candidates`);
 * ``popular`` / ``trending``: the global rankings; they also backfill every list;
 * ``ncf``: NeuMF scores when that stage ran;
@@ -21,7 +21,7 @@ proposed it and the item-item anchor.
 top item's (the tiny term orders otherwise-tied backfill by popularity). Users with fewer than
 ``cold_threshold`` interactions are scored with the cold weights instead (the switching rule:
 cluster-popular and trending rather than collaborative signals). The weights are tuned on a
-validation split by NDCG@K of the final, capped list (:func:`tune_weights`).
+validation split by NDCG@K of the final, capped list (``models/blend_tuning.py``).
 
 **Top N.** At most ``max_per_cluster`` items of one genre cluster: an item is eligible when fewer than
 ``max_per_cluster`` items of its cluster score higher for that user (identical to a greedy pass down
@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
@@ -52,7 +50,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from watchnext import progress
 from watchnext.checks import require_columns
 from watchnext.constants import (
     COL_CLUSTER,
@@ -65,8 +62,8 @@ from watchnext.constants import (
     COL_USER_IDX,
 )
 from watchnext.grouped import by_key
-from watchnext.kernels import lookup_sorted
-from watchnext.models.similarity import item_based_scores, weighted_scores
+from watchnext.kernels import capped_rank, lookup_sorted, run_starts, weight_vector
+from watchnext.models.knn import item_based_scores, weighted_scores
 from watchnext.models.topk import top_unseen
 
 log = logging.getLogger(__name__)
@@ -121,7 +118,7 @@ def item_candidates(
     items excluded. ``anchor_idx`` is the anchor contributing most (ties: the smaller id): the
     "because you watched" item. ``neighbors``: ``(item_idx, neighbor_idx, score)``; ``history``:
     ``(user_idx, item_idx[, timestamp])``. One sparse product per batch of users
-    (:func:`~watchnext.models.similarity.item_based_scores`), not a join of history and neighbours."""
+    (:func:`~watchnext.models.knn.item_based_scores`), not a join of history and neighbours."""
     return item_based_scores(neighbors, history, m, recent=recent, col_anchor=COL_ANCHOR_IDX)
 
 
@@ -209,42 +206,6 @@ def _check_sources(sources: Sequence[str]) -> None:
         raise ValueError(f"unknown candidate sources {sorted(unknown)}; known: {', '.join(SOURCES)}")
 
 
-def _starts(*keys: np.ndarray) -> np.ndarray:
-    """True where a run of equal keys begins (arrays sorted by those keys)."""
-    new = np.zeros(len(keys[0]), bool)
-    if len(new):
-        new[0] = True
-        for key in keys:
-            new[1:] |= key[1:] != key[:-1]
-    return new
-
-
-def _position(new: np.ndarray) -> np.ndarray:
-    """0-based position of each row within its run (``new``: :func:`_starts`)."""
-    return np.arange(len(new)) - np.flatnonzero(new)[np.cumsum(new) - 1]
-
-
-def _capped_rank(
-    user: np.ndarray, item: np.ndarray, score: np.ndarray, group: np.ndarray, n: int, cap: int | None
-) -> np.ndarray:
-    """Per row, its rank 1..n in the user's capped top ``n`` (module docstring), 0 when not chosen;
-    ``group``: the row's cluster (``-1 - item`` for an item without one)."""
-    size = len(user)
-    rank = np.zeros(size, np.int32)
-    if not size:
-        return rank
-    order = np.lexsort((item, -score, user))  # within user: score desc, item asc
-    u, g = user[order], group[order]
-    ok = np.ones(size, bool)
-    if cap is not None:
-        by_group = np.lexsort((np.arange(size), g, u))  # stable: keeps the score order
-        ok[by_group] = _position(_starts(u[by_group], g[by_group])) < cap
-    pick = np.lexsort((np.arange(size), ~ok, u))  # eligible first, each part in score order
-    chosen = np.sort(pick[_position(_starts(u[pick])) < n])  # back to score order
-    rank[order[chosen]] = _position(_starts(u[chosen])) + 1
-    return rank
-
-
 def _np(t: pa.Table, name: str, dtype: type, null: object = None) -> np.ndarray:
     col = t.column(name)
     if null is not None:
@@ -277,7 +238,7 @@ def _pool_table(
         f = (m + 1 - rank).astype(np.float64) / float(m)
     else:  # min-max over the user's candidates of the source
         by = np.lexsort((code, user))
-        new = _starts(user[by], code[by])
+        new = run_starts(user[by], code[by])
         run = np.empty(len(by), np.int64)
         run[by] = np.cumsum(new) - 1
         first = np.flatnonzero(new)
@@ -286,7 +247,7 @@ def _pool_table(
         with np.errstate(invalid="ignore", divide="ignore"):
             f = np.where(hi > lo, (score - lo) / (hi - lo), 1.0)
     by = np.lexsort((item, user))
-    new = _starts(user[by], item[by])
+    new = run_starts(user[by], item[by])
     pair = np.empty(len(by), np.int64)
     pair[by] = np.cumsum(new) - 1
     n_pairs = int(new.sum())
@@ -322,10 +283,6 @@ def _at(keys: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(hit, values[pos] if len(values) else 0.0, 0.0)
 
 
-def _weights(weights: Mapping[str, float], sources: Sequence[str]) -> np.ndarray:
-    return np.array([float(weights.get(s, 0.0)) for s in sources])
-
-
 def _blend_table(
     t: pa.Table,
     sources: Sequence[str],
@@ -349,10 +306,10 @@ def _blend_table(
         dom = np.where(ok.any(axis=1), ok.argmax(axis=1), len(ordered))
         return score, dom
 
-    score, dom = score_and_dominant(_weights(weights, sources))
+    score, dom = score_and_dominant(weight_vector(weights, sources))
     if cold_weights is not None and COL_COLD in t.column_names:
         cold = _np(t, COL_COLD, bool)
-        c_score, c_dom = score_and_dominant(_weights(cold_weights, sources))
+        c_score, c_dom = score_and_dominant(weight_vector(cold_weights, sources))
         score, dom = np.where(cold, c_score, score), np.where(cold, c_dom, dom)
     names = pa.array([*ordered, BACKFILL])
     return t.append_column(COL_SCORE, pa.array(score)).append_column(COL_DOMINANT, names.take(dom))
@@ -369,7 +326,7 @@ def _top_table(
     hit &= has[pos] if len(has) else hit
     cluster = np.where(hit, values[pos] if len(values) else 0, 0)
     group = np.where(hit, cluster, -1 - item)
-    rank = _capped_rank(_np(t, COL_USER_IDX, np.int64), item, _np(t, COL_SCORE, np.float64), group, n, cap)
+    rank = capped_rank(_np(t, COL_USER_IDX, np.int64), item, _np(t, COL_SCORE, np.float64), group, n, cap)
     cluster_col = pa.array(cluster, mask=~hit)
     if every:
         out = t.append_column(COL_CLUSTER, cluster_col)
@@ -571,114 +528,3 @@ def rank_candidates(
         return _top_table(_blend_table(pooled, sources, w, cold_w), clusters, n, max_per_cluster, every=True)
 
     return by_key(_coded(candidates, sources, counts), COL_USER_IDX, step, schema, partitions)
-
-
-# -------------------------------------------------------------------------------- weight tuning
-@dataclass(frozen=True)
-class TuningData:
-    """Validation candidate pools on the driver, as numpy arrays sorted by user.
-
-    ``features``: ``(rows, n_sources)``; ``user``: a dense 0..U-1 code per row; ``item`` and ``cluster``
-    (-1 - item when none) per row; ``relevant``: the row's item is held out for the user;
-    ``n_relevant``: per user code, how many held-out items the user has (in the pool or not).
-    """
-
-    sources: tuple[str, ...]
-    features: np.ndarray
-    prior: np.ndarray
-    user: np.ndarray
-    item: np.ndarray
-    cluster: np.ndarray
-    relevant: np.ndarray
-    n_relevant: np.ndarray
-
-    @classmethod
-    def from_pandas(cls, pdf: pd.DataFrame, n_relevant: pd.Series, sources: Sequence[str]) -> TuningData:
-        """``pdf``: pool rows (user_idx, item_idx, cluster_id, relevant, f_<s>..., prior); ``n_relevant``:
-        held-out item count indexed by user_idx (users with none are dropped)."""
-        pdf = pdf[pdf[COL_USER_IDX].isin(n_relevant.index)].sort_values([COL_USER_IDX, COL_ITEM_IDX])
-        codes, uniques = pd.factorize(pdf[COL_USER_IDX], sort=True)
-        item = pdf[COL_ITEM_IDX].to_numpy(np.int64)
-        none = pdf[COL_CLUSTER].isna().to_numpy()
-        cluster = np.where(none, -1 - item, pdf[COL_CLUSTER].fillna(0).to_numpy(np.int64))
-        return cls(
-            sources=tuple(sources),
-            features=pdf[[feature(s) for s in sources]].to_numpy(np.float64),
-            prior=pdf[COL_PRIOR].to_numpy(np.float64) if COL_PRIOR in pdf else np.zeros(len(pdf)),
-            user=codes.astype(np.int64),
-            item=item,
-            cluster=cluster,
-            relevant=pdf["relevant"].to_numpy(bool),
-            n_relevant=n_relevant.reindex(uniques).to_numpy(np.int64),
-        )
-
-    @property
-    def n_users(self) -> int:
-        return len(self.n_relevant)
-
-
-def ndcg_at_k(data: TuningData, weights: Mapping[str, float], k: int, max_per_cluster: int | None) -> float:
-    """Mean NDCG@k over ``data``'s users of the capped top-k of the blended score (the same rule as
-    :func:`select_top_n`, and the evaluator's NDCG: binary relevance, IDCG over min(k, |held-out|))."""
-    score = data.features @ _weights(weights, data.sources) + BACKFILL_EPS * data.prior
-    rank = _capped_rank(data.user, data.item, score, data.cluster, k, max_per_cluster)
-    top = np.flatnonzero(rank)
-    gain = data.relevant[top] / np.log2(rank[top] + 1.0)
-    dcg = np.bincount(data.user[top], weights=gain, minlength=data.n_users)
-    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
-    idcg = ideal[np.minimum(data.n_relevant, k) - 1]
-    return float(np.mean(dcg / idcg))
-
-
-@dataclass
-class WeightSearch:
-    weights: dict[str, float]
-    value: float
-    trials: list[tuple[dict[str, float], float]] = field(default_factory=list)
-    single_source: dict[str, float] = field(default_factory=dict)
-
-
-def tune_weights(
-    data: TuningData,
-    k: int,
-    max_per_cluster: int | None,
-    *,
-    n_trials: int,
-    seed: int,
-    method: Literal["tpe", "random"] = "tpe",
-    start: Mapping[str, float] | None = None,
-) -> WeightSearch:
-    """Weights in ``[0, 1]`` (the strongest single source fixed at 1, since only ratios matter)
-    maximising :func:`ndcg_at_k`, with Optuna; the configured ``start`` and every single source are
-    enqueued as the first trials, so the result is never worse than any of them on ``data``."""
-    import optuna
-
-    single = {s: ndcg_at_k(data, {s: 1.0}, k, max_per_cluster) for s in data.sources}
-    anchor = max(single, key=lambda s: (single[s], -data.sources.index(s)))
-    free = [s for s in data.sources if s != anchor]
-    sampler = (
-        optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(10, n_trials // 5))
-        if method == "tpe"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    if start:
-        top = float(start.get(anchor, 0.0)) or 1.0
-        study.enqueue_trial({s: min(1.0, float(start.get(s, 0.0)) / top) for s in free})
-    study.enqueue_trial({s: 0.0 for s in free})
-    trials: list[tuple[dict[str, float], float]] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        w = {anchor: 1.0, **{s: trial.suggest_float(s, 0.0, 1.0) for s in free}}
-        value = ndcg_at_k(data, w, k, max_per_cluster)
-        trials.append((w, value))
-        return value
-
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        callbacks=[progress.optuna_callback("blend weights", n_trials, f"ndcg_at_{k}")],
-    )
-    best = {anchor: 1.0, **{s: float(study.best_params[s]) for s in free}}
-    return WeightSearch(weights=best, value=float(study.best_value), trials=trials, single_source=single)

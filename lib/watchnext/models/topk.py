@@ -3,7 +3,7 @@
 ``score(u, i) = p_u . q_i``. The item factors are collected to the driver once (as Arrow) and
 broadcast as one dense ``(d, n_items)`` matrix, sorted by item id: items are few compared with users,
 and this is one of the two places the project collects a model to the driver on purpose (the other:
-the kNN scorers' neighbour / interaction matrix, ``models/similarity.py``). Users stay in
+the kNN scorers' neighbour / interaction matrix, ``models/knn.py``). Users stay in
 Spark: their factors, joined with their seen-item lists (``groupBy(user).agg(collect_list(item))``;
 no join at all when there is nothing to exclude), stream through ``mapInArrow``. Each Arrow batch is
 read without per-row Python objects: the factor matrix is the list column's flat values reshaped, and

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from watchnext.config import Config
 from watchnext.constants import COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
 from watchnext.models import blend
-from watchnext.models.similarity import user_based_scores
+from watchnext.models.knn import user_based_scores
 from watchnext.models.topk import topk_from_factors, topk_from_item_scores
 from watchnext.recommend.sources import Sources
 

@@ -42,12 +42,7 @@ from watchnext.evaluation import protocol
 from watchnext.models.als import AlsParams, factor_frames, fit_als
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.clusters import user_cluster_affinity
-from watchnext.models.similarity import (
-    item_neighbors_from_cooccurrence,
-    item_neighbors_from_factors,
-    user_neighbors_from_cooccurrence,
-    user_neighbors_from_factors,
-)
+from watchnext.models.neighbors import item_neighbors, user_neighbors, warm_items
 
 log = logging.getLogger(__name__)
 
@@ -117,42 +112,29 @@ def fit_sources(
         if factors is None:
             factors = factor_frames(fit_als(history, params, num_blocks=cfg.als.num_blocks))
         src.user_factors, src.item_factors = (src.cache(f) for f in factors)
-    warm = (
-        history.groupBy(COL_ITEM_IDX)
-        .agg(F.count(F.lit(1)).alias("_n"))
-        .where(F.col("_n") >= sim.min_item_interactions)
-        .select(COL_ITEM_IDX)
-    )
+    warm = warm_items(history, sim.min_item_interactions)
     if "item" in rc.sources:
         if rc.item_source == "cooccurrence":
             src.item_neighbors = read_neighbors(protocol.EVAL_ITEM_COOCCURRENCE, COL_ITEM_IDX)
             if src.item_neighbors is None:
-                src.item_neighbors = item_neighbors_from_cooccurrence(
-                    history.join(warm, COL_ITEM_IDX, "left_semi"),
-                    sim.k,
-                    measure=sim.cooccurrence_measure,
-                    min_overlap=sim.min_cooccurrence,
-                    block_size=sim.block_size,
+                src.item_neighbors = item_neighbors(
+                    "cooccurrence", history.join(warm, COL_ITEM_IDX, "left_semi"), sim
                 )
         elif rc.item_source == "als":
             assert src.item_factors is not None
-            src.item_neighbors = item_neighbors_from_factors(
-                src.item_factors.join(warm, COL_ITEM_IDX, "left_semi"), sim.k, block_size=sim.block_size
+            src.item_neighbors = item_neighbors(
+                "als", src.item_factors.join(warm, COL_ITEM_IDX, "left_semi"), sim
             )
         else:
             raise ValueError("recommend.item_source=content is only supported for publishing")
     if "user" in rc.sources:
         if sim.user_source == "als":
             assert src.user_factors is not None
-            src.user_neighbors = user_neighbors_from_factors(
-                src.user_factors, sim.user_k, block_size=sim.block_size
-            )
+            src.user_neighbors = user_neighbors("als", src.user_factors, sim)
         else:
             src.user_neighbors = read_neighbors(protocol.EVAL_USER_COOCCURRENCE, COL_USER_IDX)
             if src.user_neighbors is None:
-                src.user_neighbors = user_neighbors_from_cooccurrence(
-                    history, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
-                )
+                src.user_neighbors = user_neighbors("cooccurrence", history, sim)
     if "cluster" in rc.sources:
         src.affinity = user_cluster_affinity(
             history.select(COL_USER, COL_USER_IDX, COL_ITEM),

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from watchnext.config import Config
 from watchnext.constants import COL_CLUSTER, COL_ITEM_IDX, COL_USER_IDX
-from watchnext.models import blend
+from watchnext.models import blend, blend_tuning
 from watchnext.models.als import AlsParams
 from watchnext.models.tuning import validation_split
 from watchnext.recommend.candidates import scored_pool
@@ -27,7 +27,7 @@ from watchnext.recommend.sources import fit_sources
 class BlendTuning:
     """A weight search's outcome: the best weights, the configured weights' value, the data it ran on."""
 
-    search: blend.WeightSearch
+    search: blend_tuning.WeightSearch
     configured: float  # validation NDCG@k of recommend.weights
     k: int
     users: int
@@ -80,10 +80,10 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
     finally:
         fit.unpersist()
         valid.unpersist()
-    data = blend.TuningData.from_pandas(rows, n_rel, rc.sources)
+    data = blend_tuning.TuningData.from_pandas(rows, n_rel, rc.sources)
     k = cfg.evaluation.k
-    start = blend.ndcg_at_k(data, rc.weights, k, rc.max_per_cluster)
-    search = blend.tune_weights(
+    start = blend_tuning.ndcg_at_k(data, rc.weights, k, rc.max_per_cluster)
+    search = blend_tuning.tune_weights(
         data, k, rc.max_per_cluster, n_trials=t.n_trials, seed=t.seed, method=t.method, start=rc.weights
     )
     return BlendTuning(search, start, k, data.n_users, len(rows))

@@ -60,15 +60,8 @@ from watchnext.constants import (
     TABLE_USER_NEIGHBORS,
 )
 from watchnext.evaluation import protocol
-from watchnext.models.similarity import (
-    item_based_scores,
-    item_neighbors_from_content,
-    item_neighbors_from_cooccurrence,
-    item_neighbors_from_factors,
-    user_based_scores,
-    user_neighbors_from_cooccurrence,
-    user_neighbors_from_factors,
-)
+from watchnext.models.knn import item_based_scores, user_based_scores
+from watchnext.models.neighbors import item_neighbors, user_neighbors, warm_items
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +82,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {"sources": {}}
     try:
-        warm = _warm_items(interactions, sim.min_item_interactions)
+        warm = warm_items(interactions, sim.min_item_interactions)
         neighbours = []
         for source in sim.sources:
             ts = time.perf_counter()
@@ -150,47 +143,26 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ sources
-def _warm_items(interactions: DataFrame, min_interactions: int) -> DataFrame:
-    """Items with enough interactions for the interaction-based sources."""
-    return (
-        interactions.groupBy(COL_ITEM_IDX)
-        .agg(F.count(F.lit(1)).alias("_n"))
-        .where(F.col("_n") >= min_interactions)
-        .select(COL_ITEM_IDX)
-    )
-
-
 def _item_source(
     spark: SparkSession, cfg: Config, run_date: dt.date, source: str, interactions: DataFrame, warm: DataFrame
 ) -> DataFrame:
-    sim = cfg.similarity
+    """The input ``source`` reads (its published table, or the run date's interactions), then its
+    neighbours."""
     if source == "als":
-        factors = _input(spark, cfg, TABLE_ITEM_FACTORS, run_date).join(warm, COL_ITEM_IDX, "left_semi")
-        return item_neighbors_from_factors(factors, sim.k, block_size=sim.block_size)
-    if source == "cooccurrence":
-        return item_neighbors_from_cooccurrence(
-            interactions.join(warm, COL_ITEM_IDX, "left_semi"),
-            sim.k,
-            measure=sim.cooccurrence_measure,
-            min_overlap=sim.min_cooccurrence,
-            block_size=sim.block_size,
-        )
-    if source == "content":
-        features = _input(spark, cfg, TABLE_ITEM_FEATURES, run_date).select(COL_ITEM_IDX, COL_FEATURES)
-        return item_neighbors_from_content(features, sim.k, block_size=sim.block_size)
-    raise ValueError(f"unknown similarity source {source!r}")
+        data = _input(spark, cfg, TABLE_ITEM_FACTORS, run_date).join(warm, COL_ITEM_IDX, "left_semi")
+    elif source == "content":
+        data = _input(spark, cfg, TABLE_ITEM_FEATURES, run_date).select(COL_ITEM_IDX, COL_FEATURES)
+    else:
+        data = interactions.join(warm, COL_ITEM_IDX, "left_semi")
+    return item_neighbors(source, data, cfg.similarity)
 
 
 def _user_neighbours(
     spark: SparkSession, cfg: Config, run_date: dt.date, interactions: DataFrame
 ) -> DataFrame:
-    sim = cfg.similarity
-    if sim.user_source == "als":
-        factors = _input(spark, cfg, TABLE_USER_FACTORS, run_date)
-        return user_neighbors_from_factors(factors, sim.user_k, block_size=sim.block_size)
-    return user_neighbors_from_cooccurrence(
-        interactions, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
-    )
+    source = cfg.similarity.user_source
+    data = _input(spark, cfg, TABLE_USER_FACTORS, run_date) if source == "als" else interactions
+    return user_neighbors(source, data, cfg.similarity)
 
 
 def _input(spark: SparkSession, cfg: Config, table: str, run_date: dt.date) -> DataFrame:
@@ -214,14 +186,8 @@ def _offline_lists(
     written = []
     try:
         if "cooccurrence" in sim.sources:
-            warm = _warm_items(train, sim.min_item_interactions)
-            nb = item_neighbors_from_cooccurrence(
-                train.join(warm, COL_ITEM_IDX, "left_semi"),
-                sim.k,
-                measure=sim.cooccurrence_measure,
-                min_overlap=sim.min_cooccurrence,
-                block_size=sim.block_size,
-            )
+            warm = warm_items(train, sim.min_item_interactions)
+            nb = item_neighbors("cooccurrence", train.join(warm, COL_ITEM_IDX, "left_semi"), sim)
             # stored for the recommend stage's offline blend, and scored from the stored table
             nb = protocol.write_neighbors(
                 nb, COL_ITEM_IDX, cfg, protocol.EVAL_ITEM_COOCCURRENCE, run_date, run_id
@@ -238,9 +204,7 @@ def _offline_lists(
             protocol.write_recommendations(recs, cfg, "content_knn", run_date, run_id)
             written.append("content_knn")
         if sim.user_source == "cooccurrence":
-            un = user_neighbors_from_cooccurrence(
-                train, sim.user_k, min_overlap=sim.min_cooccurrence, block_size=sim.block_size
-            )
+            un = user_neighbors("cooccurrence", train, sim)
             un = protocol.write_neighbors(
                 un, COL_USER_IDX, cfg, protocol.EVAL_USER_COOCCURRENCE, run_date, run_id
             )

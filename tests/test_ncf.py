@@ -14,14 +14,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec, build_model, init_neumf_from_pretrained, predict_logits
-from watchnext.models.ncf_train import (
-    hit_ndcg,
-    load_model,
-    sampled_ranks,
-    save_model,
-    score_pairs,
-    score_topk,
-)
+from watchnext.models.ncf_score import load_model, save_model, score_pairs, score_topk
+from watchnext.models.ncf_train import hit_ndcg, sampled_ranks
 
 pytestmark = [pytest.mark.spark]
 

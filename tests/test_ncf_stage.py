@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from watchnext import pipeline, tables
 from watchnext.config import Config
 from watchnext.constants import TABLE_EVAL_RECS, TABLE_EVALUATION, TABLE_INTERACTIONS, TABLE_NCF_SCORES
-from watchnext.models.ncf_train import score_pairs
+from watchnext.models.ncf_score import score_pairs
 
 pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.horovod, pytest.mark.slow]
 

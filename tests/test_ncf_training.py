@@ -12,7 +12,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec
-from watchnext.models.ncf_train import TrainParams, fit, load_model, score_topk
+from watchnext.models.ncf_score import load_model, score_topk
+from watchnext.models.ncf_train import TrainParams, fit
 
 pytestmark = [pytest.mark.spark, pytest.mark.horovod, pytest.mark.mlflow, pytest.mark.slow]
 

@@ -22,36 +22,27 @@ Rank 0 alone writes checkpoints (``tf.train.CheckpointManager``), the final weig
 ``spec.json``, and logs params, per-epoch metrics and the model files to the MLflow run given by the
 driver. The ranks' histories come back to the driver as the return value of ``horovod.spark.run``.
 
-Batch scoring (:func:`score_topk`, :func:`score_pairs`) runs the saved model in ``mapInPandas``,
-loaded once per Python worker.
+Saving, loading and batch scoring of the trained model: :mod:`watchnext.models.ncf_score`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+from pyspark.sql import SparkSession
 
-from watchnext.checks import require_columns
-from watchnext.constants import COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
+from watchnext.constants import COL_ITEM_IDX, COL_USER_IDX
 from watchnext.models.ncf import NcfSpec
 from watchnext.models.ncf_data import COL_LABEL, COL_NEGATIVES, ShardedData
+from watchnext.models.ncf_score import chunked_scores, load_model, save_model
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "spec.json"
-WEIGHTS = "weights"  # TF checkpoint prefix under the model dir (works on any tf.io.gfile filesystem)
 
 
 LossKind = Literal["softmax", "bce"]
@@ -167,7 +158,7 @@ def train_worker(job: TrainJob) -> RankResult:
     spec = NcfSpec.from_dict(job.spec)
     model = build_model(spec)
     if job.init_from:
-        gmf, mlp = (_load(job.init_from[k]) for k in ("gmf", "mlp"))
+        gmf, mlp = (load_model(job.init_from[k]) for k in ("gmf", "mlp"))
         init_neumf_from_pretrained(model, gmf, mlp, job.init_from.get("alpha", 0.5))
     lr = p.learning_rate * (size if p.scale_lr else 1)
     opt = tf.keras.optimizers.Adam(learning_rate=lr)
@@ -247,7 +238,7 @@ def train_worker(job: TrainJob) -> RankResult:
         if evaluation is not None:
             sums = np.zeros(3)
             if len(evaluation[COL_LABEL]):
-                scores = _chunked(logits_of, tf, evaluation[COL_USER_IDX], evaluation[COL_ITEM_IDX])
+                scores = chunked_scores(logits_of, tf, evaluation[COL_USER_IDX], evaluation[COL_ITEM_IDX])
                 ranks = sampled_ranks(evaluation[COL_USER_IDX], evaluation[COL_LABEL], scores)
                 sums = np.array([*hit_ndcg(ranks, p.eval_k), len(ranks)])
             hits, ndcg, users = hvd.allreduce(tf.constant(sums), op=hvd.Sum, name=f"eval{epoch}").numpy()
@@ -266,49 +257,6 @@ def train_worker(job: TrainJob) -> RankResult:
             result.mlflow_logged = True
     hvd.join()  # no rank leaves before rank 0 has saved and logged
     return result
-
-
-def _chunked(fn: Any, tf: Any, users: np.ndarray, items: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    out = [
-        fn(
-            tf.constant(users[s : s + chunk].reshape(-1, 1)), tf.constant(items[s : s + chunk].reshape(-1, 1))
-        ).numpy()
-        for s in range(0, len(users), chunk)
-    ]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-
-def save_model(model: Any, spec: NcfSpec, model_dir: str) -> list[str]:
-    """Write ``model``'s weights and ``spec`` (JSON) under ``model_dir`` (any ``tf.io.gfile`` location),
-    for :func:`load_model`; returns the paths written."""
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(model_dir)
-    prefix = f"{model_dir.rstrip('/')}/{WEIGHTS}"
-    model.save_weights(prefix, save_format="tf")
-    spec_path = f"{model_dir.rstrip('/')}/{SPEC_FILE}"
-    with tf.io.gfile.GFile(spec_path, "w") as f:
-        f.write(json.dumps(spec.to_dict(), sort_keys=True))
-    return [prefix, spec_path]
-
-
-def _load(model_dir: str) -> Any:
-    """The model saved by rank 0 in ``model_dir``."""
-    import tensorflow as tf
-
-    from watchnext.models.ncf import build_model
-
-    with tf.io.gfile.GFile(f"{model_dir.rstrip('/')}/{SPEC_FILE}") as f:
-        spec = NcfSpec.from_dict(json.loads(f.read()))
-    model = build_model(spec)
-    model.load_weights(f"{model_dir.rstrip('/')}/{WEIGHTS}").expect_partial()
-    return model
-
-
-def load_model(model_dir: str) -> Any:
-    """Rebuild the saved network and load its weights (public: tests, notebooks)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return _load(model_dir)
 
 
 def _log_mlflow(job: TrainJob, result: RankResult) -> None:
@@ -445,101 +393,3 @@ def fit(
             dirs[kind] = sub.model_dir
         base = replace(base, init_from={**dirs, "alpha": float(pretrain.get("alpha", 0.5))})
     return run_training(spark, base, num_proc, start_timeout)
-
-
-# ---------------------------------------------------------------------------------- batch scoring
-_MODELS: dict[str, Any] = {}
-
-
-def _cached_model(model_dir: str) -> Any:
-    """One load per Python worker process (Spark reuses workers across tasks)."""
-    if model_dir not in _MODELS:
-        _MODELS.clear()
-        _MODELS[model_dir] = load_model(model_dir)
-    return _MODELS[model_dir]
-
-
-def _logits_fn(model_dir: str) -> Any:
-    import tensorflow as tf
-
-    model = _cached_model(model_dir)
-    fn = getattr(model, "_watchnext_logits", None)
-    if fn is None:
-        fn = tf.function(lambda u, i: tf.reshape(model([u, i], training=False), [-1]), reduce_retracing=True)
-        model._watchnext_logits = fn
-    return lambda u, i: _chunked(fn, tf, u, i)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def score_pairs(pairs: DataFrame, model_dir: str, *, col_score: str = COL_SCORE) -> DataFrame:
-    """``pairs`` (user_idx, item_idx, ...) with ``col_score`` = the model's probability, scored in
-    ``mapInPandas`` with the model loaded once per Python worker."""
-    require_columns(pairs, [COL_USER_IDX, COL_ITEM_IDX], "pairs")
-    schema = T.StructType([*pairs.schema.fields, T.StructField(col_score, T.DoubleType(), False)])
-
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        logits = _logits_fn(model_dir)
-        for pdf in batches:
-            s = logits(pdf[COL_USER_IDX].to_numpy(np.int32), pdf[COL_ITEM_IDX].to_numpy(np.int32))
-            yield pdf.assign(**{col_score: _sigmoid(s)})
-
-    return pairs.mapInPandas(score, schema)
-
-
-def score_topk(
-    users: DataFrame, model_dir: str, n_items: int, k: int, seen: DataFrame | None = None, *, block: int = 256
-) -> DataFrame:
-    """Top ``k`` of the whole catalogue ``[0, n_items)`` per distinct user of ``users`` by the model's
-    probability, ``seen`` (user_idx, item_idx) excluded inside the block; ties to the smaller item.
-    Returns (user_idx, item_idx, score, rank)."""
-    from watchnext.models.topk import top_positions
-
-    require_columns(users, [COL_USER_IDX], "users")
-    if k < 1 or n_items < 1:
-        raise ValueError(f"k and n_items must be >= 1, got {k}, {n_items}")
-    u = users.select(F.col(COL_USER_IDX).cast("int")).distinct()
-    if seen is not None:
-        require_columns(seen, [COL_USER_IDX, COL_ITEM_IDX], "seen")
-        lists = seen.groupBy(F.col(COL_USER_IDX).cast("int").alias(COL_USER_IDX)).agg(
-            F.collect_set(F.col(COL_ITEM_IDX).cast("int")).alias("_seen")
-        )
-        u = u.join(lists, COL_USER_IDX, "left")
-    else:
-        u = u.withColumn("_seen", F.lit(None).cast("array<int>"))
-    schema = T.StructType(
-        [
-            T.StructField(COL_USER_IDX, T.IntegerType(), False),
-            T.StructField(COL_ITEM_IDX, T.IntegerType(), False),
-            T.StructField(COL_SCORE, T.DoubleType(), False),
-            T.StructField(COL_RANK, T.IntegerType(), False),
-        ]
-    )
-    all_items = np.arange(n_items, dtype=np.int32)
-
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        logits = _logits_fn(model_dir)
-        for pdf in batches:
-            for s in range(0, len(pdf), block):
-                chunk = pdf.iloc[s : s + block]
-                ids = chunk[COL_USER_IDX].to_numpy(np.int32)
-                mat = logits(np.repeat(ids, n_items), np.tile(all_items, len(ids))).reshape(len(ids), n_items)
-                for row, items in enumerate(chunk["_seen"]):
-                    if items is not None and len(items):
-                        it = np.asarray(items, dtype=np.int64)
-                        mat[row, it[(it >= 0) & (it < n_items)]] = -np.inf
-                top, vals = top_positions(mat, k)
-                keep = vals > -np.inf
-                ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
-                yield pd.DataFrame(
-                    {
-                        COL_USER_IDX: np.broadcast_to(ids[:, None], top.shape)[keep],
-                        COL_ITEM_IDX: top[keep].astype(np.int32),
-                        COL_SCORE: _sigmoid(vals[keep]),
-                        COL_RANK: ranks[keep],
-                    }
-                )
-
-    return u.mapInPandas(score, schema)

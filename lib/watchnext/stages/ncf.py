@@ -46,7 +46,8 @@ from watchnext.evaluation import protocol
 from watchnext.evaluation.splits import leave_last_n_split
 from watchnext.models import ncf_data
 from watchnext.models.ncf import NcfSpec
-from watchnext.models.ncf_train import FitResult, TrainParams, fit, score_topk
+from watchnext.models.ncf_score import score_topk
+from watchnext.models.ncf_train import FitResult, TrainParams, fit
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ cluster, top 10. The candidates are generated once (skewed item popularity, so s
 scores) and written to Parquet; both versions read them, in one session, and write the top-N to the
 ``noop`` sink:
 
-* **Spark windows** (``tests/blend_reference.py``, the code before): repartition by user, a min-max
+* **Spark windows** (``watchnext.models.blend_windows``, the code before): repartition by user, a min-max
   window, a ``groupBy(user, item)`` with ``collect_set``, a join for the cold flag, the cap window,
   the pick window and the rank window;
 * **rank_candidates**: one shuffle by user (the counts shuffled with the candidates), then pool,
@@ -37,12 +37,11 @@ from pyspark.sql import functions as F
 from watchnext.config import SparkConfig
 from watchnext.constants import COL_CLUSTER, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
 from watchnext.models import blend
+from watchnext.models.blend_windows import spark_reference_ranking
 from watchnext.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bench_blend.json"
-sys.path.insert(0, str(REPO / "tests"))
-from blend_reference import spark_reference_ranking  # noqa: E402
 
 SOURCES = ["als", "item", "user", "cluster", "popular", "trending"]
 WEIGHTS = {"als": 1.0, "item": 0.8, "user": 0.5, "cluster": 0.2, "popular": 0.1, "trending": 0.1}

@@ -11,9 +11,9 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from blend_reference import spark_reference_ranking
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.models import blend, blend_tuning
+from watchnext.models.blend_windows import spark_reference_ranking
 
 pytestmark = [pytest.mark.spark]
 

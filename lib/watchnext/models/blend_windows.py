@@ -1,7 +1,9 @@
-"""The candidate pool, blend and capped top-N as Spark windows and a (user, item) aggregate: how
-``watchnext.models.blend`` computed them before :func:`~watchnext.models.blend.rank_candidates`
-(numpy per partition after one shuffle). The reference of ``tests/test_blend.py`` and the baseline
-of ``benchmarks/bench_blend.py``."""
+"""The candidate pool, blend and capped top-N as plain Spark windows and a (user, item) aggregate.
+
+The specification of :func:`~watchnext.models.blend.rank_candidates` (numpy per partition after one
+shuffle) written the direct way: ``tests/test_blend.py`` checks the fast ranker against it row for row
+and ``benchmarks/bench_blend.py`` measures the ranker against it. Slow at scale (it sorts the
+candidate rows several times); nothing in the pipeline calls it."""
 
 from __future__ import annotations
 

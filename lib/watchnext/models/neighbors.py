@@ -18,15 +18,15 @@ from watchnext.config import SimilarityConfig
 from watchnext.constants import (
     COL_FEATURES,
     COL_ITEM_IDX,
+    COL_NEIGHBOR,
     COL_NEIGHBOR_IDX,
     COL_RANK,
     COL_SCORE,
+    COL_SOURCE,
+    COL_TITLE,
     COL_USER_IDX,
 )
 from watchnext.models.similarity import Measure, blocked_topk, dense_rows, set_rows, sparse_rows
-
-ItemSource = Literal["als", "content", "cooccurrence"]
-UserSource = Literal["als", "cooccurrence"]
 
 
 def warm_items(interactions: DataFrame, min_interactions: int) -> DataFrame:
@@ -189,3 +189,60 @@ def _named(df: DataFrame, col_id: str, col_neighbor: str) -> DataFrame:
         COL_SCORE,
         COL_RANK,
     )
+
+
+# ------------------------------------------------------------------------------- published tables
+def with_ids(neighbours: DataFrame, ids: DataFrame, col_id: str, col_idx: str) -> DataFrame:
+    """``(col_idx, neighbor_idx, rank, score, source)`` rows with the external ids of both sides from
+    ``ids`` ``(col_id, col_idx)``: ``(col_id, col_idx, neighbor_id, neighbor_idx, rank, score, source)``
+    (the item_similarities and user_neighbors layout)."""
+    nbr = ids.select(F.col(col_id).alias(COL_NEIGHBOR), F.col(col_idx).alias(COL_NEIGHBOR_IDX))
+    return (
+        neighbours.join(ids, col_idx)
+        .join(nbr, COL_NEIGHBOR_IDX)
+        .select(col_id, col_idx, COL_NEIGHBOR, COL_NEIGHBOR_IDX, COL_RANK, COL_SCORE, COL_SOURCE)
+    )
+
+
+def neighbor_stats(nb: DataFrame, col_id: str = COL_ITEM_IDX) -> dict[str, float]:
+    """Rows covered, neighbour pairs and the mean score of a neighbour table (one aggregate)."""
+    row = nb.agg(
+        F.countDistinct(col_id).alias("items"),
+        F.count(F.lit(1)).alias("pairs"),
+        F.avg(COL_SCORE).alias("mean_score"),
+    ).first()
+    return {
+        "items": int(row["items"]),
+        "pairs": int(row["pairs"]),
+        "mean_score": float(row["mean_score"] or 0.0),
+    }
+
+
+def sample_text(sims: DataFrame, items: DataFrame, interactions: DataFrame, n: int = 10) -> str:
+    """Top-5 neighbours per source of the ``n`` most-watched items of ``interactions``, titled from
+    ``items`` (a human look at ``sims``, an item_similarities frame, in MLflow)."""
+    top = [
+        r[0]
+        for r in interactions.groupBy(COL_ITEM_IDX)
+        .count()
+        .orderBy(F.desc("count"), COL_ITEM_IDX)
+        .limit(n)
+        .collect()
+    ]
+    rows = (
+        sims.where(F.col(COL_ITEM_IDX).isin(top) & (F.col(COL_RANK) <= 5))
+        .join(
+            items.select(F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX), F.col(COL_TITLE).alias("_nt")),
+            COL_NEIGHBOR_IDX,
+        )
+        .join(items.select(COL_ITEM_IDX, COL_TITLE), COL_ITEM_IDX)
+        .orderBy(COL_ITEM_IDX, COL_SOURCE, COL_RANK)
+        .collect()
+    )
+    lines, current = [], None
+    for r in rows:
+        if (r[COL_ITEM_IDX], r[COL_SOURCE]) != current:
+            current = (r[COL_ITEM_IDX], r[COL_SOURCE])
+            lines.append(f"{r[COL_TITLE]} [{r[COL_SOURCE]}]")
+        lines.append(f"  {r[COL_RANK]}. {r['_nt']} ({r[COL_SCORE]:.3f})")
+    return "\n".join(lines)

@@ -40,12 +40,8 @@ from watchnext.constants import (
     COL_FEATURES,
     COL_ITEM,
     COL_ITEM_IDX,
-    COL_NEIGHBOR,
-    COL_NEIGHBOR_IDX,
-    COL_RANK,
     COL_RUN_DATE,
     COL_RUN_ID,
-    COL_SCORE,
     COL_SOURCE,
     COL_TITLE,
     COL_USER,
@@ -61,11 +57,16 @@ from watchnext.constants import (
 )
 from watchnext.evaluation import protocol
 from watchnext.models.knn import item_based_scores, user_based_scores
-from watchnext.models.neighbors import item_neighbors, user_neighbors, warm_items
+from watchnext.models.neighbors import (
+    item_neighbors,
+    neighbor_stats,
+    sample_text,
+    user_neighbors,
+    warm_items,
+    with_ids,
+)
 
 log = logging.getLogger(__name__)
-
-# Which stage writes each input table, for the error when it is missing.
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -89,20 +90,21 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             nb = _item_source(spark, cfg, run_date, source, interactions, warm).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
-            stats = _stats(nb)
+            stats = neighbor_stats(nb)
             stats["seconds"] = round(time.perf_counter() - ts, 2)
             summary["sources"][source] = stats
             tracking.log_metrics({f"{source}.{k}": v for k, v in stats.items()})
             neighbours.append(nb.withColumn(COL_SOURCE, F.lit(source)))
         if neighbours:
             table = reduce(DataFrame.unionByName, neighbours)
-            out = _with_item_ids(table, items).select(
+            out = with_ids(table, items.select(COL_ITEM, COL_ITEM_IDX), COL_ITEM, COL_ITEM_IDX).select(
                 "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
             )
             tables.overwrite_run_date(
                 out, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date, f"similarities run_id={run_id}"
             )
-            sample = _sample_text(spark, cfg, run_date, items, interactions)
+            published = tables.read_run_date(spark, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date)
+            sample = sample_text(published, items, interactions)
             tracking.log_text(sample, "neighbours_sample.txt")
         for nb in neighbours:
             nb.unpersist()
@@ -110,26 +112,9 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         ts = time.perf_counter()
         users = _user_neighbours(spark, cfg, run_date, interactions)
         user_ids = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
-        out = (
-            users.join(user_ids, COL_USER_IDX)
-            .join(
-                user_ids.select(
-                    F.col(COL_USER).alias(COL_NEIGHBOR), F.col(COL_USER_IDX).alias(COL_NEIGHBOR_IDX)
-                ),
-                COL_NEIGHBOR_IDX,
-            )
-            .select(
-                COL_USER,
-                COL_USER_IDX,
-                COL_NEIGHBOR,
-                COL_NEIGHBOR_IDX,
-                COL_RANK,
-                COL_SCORE,
-                F.lit(sim.user_source).alias(COL_SOURCE),
-                F.lit(run_id).alias(COL_RUN_ID),
-                F.lit(run_date).alias(COL_RUN_DATE),
-            )
-        )
+        out = with_ids(
+            users.withColumn(COL_SOURCE, F.lit(sim.user_source)), user_ids, COL_USER, COL_USER_IDX
+        ).select("*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE))
         tables.overwrite_run_date(
             out, cfg.table_path(TABLE_USER_NEIGHBORS), run_date, f"similarities run_id={run_id}"
         )
@@ -217,55 +202,3 @@ def _offline_lists(
         train.unpersist()
         test.unpersist()
     return {"eval_models": written}
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def _with_item_ids(neighbours: DataFrame, items: DataFrame) -> DataFrame:
-    ids = items.select(COL_ITEM, COL_ITEM_IDX)
-    nbr = ids.select(F.col(COL_ITEM).alias(COL_NEIGHBOR), F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX))
-    return (
-        neighbours.join(ids, COL_ITEM_IDX)
-        .join(nbr, COL_NEIGHBOR_IDX)
-        .select(COL_ITEM, COL_ITEM_IDX, COL_NEIGHBOR, COL_NEIGHBOR_IDX, COL_RANK, COL_SCORE, COL_SOURCE)
-    )
-
-
-def _stats(nb: DataFrame) -> dict[str, float]:
-    row = nb.agg(
-        F.countDistinct(COL_ITEM_IDX).alias("items"),
-        F.count(F.lit(1)).alias("pairs"),
-        F.avg(COL_SCORE).alias("mean_score"),
-    ).first()
-    return {
-        "items": int(row["items"]),
-        "pairs": int(row["pairs"]),
-        "mean_score": float(row["mean_score"] or 0.0),
-    }
-
-
-def _sample_text(
-    spark: SparkSession, cfg: Config, run_date: dt.date, items: DataFrame, inter: DataFrame, n: int = 10
-) -> str:
-    """Top-5 neighbours per source of the ``n`` most-watched items, for a human look in MLflow."""
-    top = [
-        r[0]
-        for r in inter.groupBy(COL_ITEM_IDX).count().orderBy(F.desc("count"), COL_ITEM_IDX).limit(n).collect()
-    ]
-    sims = (
-        tables.read_run_date(spark, cfg.table_path(TABLE_ITEM_SIMILARITIES), run_date)
-        .where(F.col(COL_ITEM_IDX).isin(top) & (F.col(COL_RANK) <= 5))
-        .join(
-            items.select(F.col(COL_ITEM_IDX).alias(COL_NEIGHBOR_IDX), F.col(COL_TITLE).alias("_nt")),
-            COL_NEIGHBOR_IDX,
-        )
-        .join(items.select(COL_ITEM_IDX, COL_TITLE), COL_ITEM_IDX)
-        .orderBy(COL_ITEM_IDX, COL_SOURCE, COL_RANK)
-        .collect()
-    )
-    lines, current = [], None
-    for r in sims:
-        if (r[COL_ITEM_IDX], r[COL_SOURCE]) != current:
-            current = (r[COL_ITEM_IDX], r[COL_SOURCE])
-            lines.append(f"{r[COL_TITLE]} [{r[COL_SOURCE]}]")
-        lines.append(f"  {r[COL_RANK]}. {r['_nt']} ({r[COL_SCORE]:.3f})")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The candidate pool, blend and capped top-N as plain Spark windows and a (user, item) aggregate.
 
 The specification of :func:`~watchnext.models.blend.rank_candidates` (numpy per partition after one
-shuffle) written the direct way: ``tests/test_blend.py`` checks the fast ranker against it row for row
+shuffle) written the direct way: ``tests/unit/test_blend.py`` checks the fast ranker against it row for row
 and ``benchmarks/bench_blend.py`` measures the ranker against it. Slow at scale (it sorts the
 candidate rows several times); nothing in the pipeline calls it."""
 

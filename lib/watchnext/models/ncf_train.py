@@ -82,7 +82,7 @@ class TrainJob:
     prefix: str = "ncf"
     # NeuMF initialised from pre-trained GMF and MLP model dirs (the paper's pre-training).
     init_from: dict[str, Any] | None = None
-    # Fault injection (tests/test_faults.py): (rank, epoch) at whose start that rank dies abruptly.
+    # Fault injection (tests/e2e/test_faults.py): (rank, epoch) at whose start that rank dies abruptly.
     crash_at: tuple[int, int] | None = None
 
 

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import RUN_DATE, local_overrides
+from support.common import RUN_DATE, local_overrides
 from watchnext import pipeline, tables
 from watchnext.config import Config, load_config
 from watchnext.constants import (

@@ -1,9 +1,9 @@
 """The Airflow DAG (airflow_dags/watchnext_daily.py), for real, through Airflow's own environment.
 
 Airflow lives in ``.venv-airflow`` (``make setup``; protobuf 7 cannot share the job environment), so each
-test runs tests/airflow_driver.py with that interpreter (``conftest.airflow``). The full run is the
-session's ``conftest.whole_run`` (the report and fault tests start from it too); its Delta tables and
-MLflow runs are read back here with the test session's Spark and MLflow.
+test runs tests/support/airflow_driver.py with that interpreter (``support.whole_run.airflow``). The
+full run is the session's ``conftest.whole_run`` (the report and fault tests start from it too); its
+Delta tables and MLflow runs are read back here with the test session's Spark and MLflow.
 """
 
 from __future__ import annotations
@@ -23,16 +23,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import (
-    DAG_ID,
-    E2E_TIMEOUT,
-    RELATIVE_LOCATIONS,
-    ROOT,
-    RUN_DATE,
-    WholeRun,
-    airflow,
-    local_overrides,
-)
+from support.common import E2E_TIMEOUT, ROOT, RUN_DATE, local_overrides
+from support.whole_run import DAG_ID, RELATIVE_LOCATIONS, WholeRun, airflow
 from watchnext import catalog, tables
 from watchnext.cli import delta_tables
 from watchnext.constants import (
@@ -74,7 +66,7 @@ EDGES = {
 }
 N = 10
 # The branch test's config (its Spark stages are marked successful, nothing runs); the full run is
-# conftest.whole_run (conftest.WHOLE_RUN).
+# conftest.whole_run (support.whole_run.WHOLE_RUN).
 OVERRIDES = [
     "als.tuning.method=random",
     "als.tuning.n_trials=2",

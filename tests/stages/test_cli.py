@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import local_overrides
+from support.common import local_overrides
 from watchnext import tables
 from watchnext.cli import main
 from watchnext.config import load_config

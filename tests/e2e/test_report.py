@@ -22,7 +22,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from conftest import E2E_TIMEOUT, RUN_DATE, WholeRun
+from support.common import E2E_TIMEOUT, RUN_DATE
+from support.whole_run import WholeRun
 from watchnext import pipeline, tables
 from watchnext.cli import build_parser
 from watchnext.config import Config

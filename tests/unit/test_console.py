@@ -26,10 +26,10 @@ import pytest
 from deltalake import write_deltalake
 from rich.console import Console
 
-from conftest import local_overrides
+from support.common import local_overrides
 from watchnext import console, pipeline, progress, runlog
 from watchnext.config import load_config
-from watchnext.models.blend import TuningData, tune_weights
+from watchnext.models.blend_tuning import TuningData, tune_weights
 from watchnext.summary import (
     RunSummary,
     StageLine,

@@ -43,7 +43,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import local_overrides
+from support.common import local_overrides
 from watchnext import tables
 from watchnext.config import Config, load_config
 from watchnext.constants import (

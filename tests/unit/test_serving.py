@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from conftest import RUN_DATE, local_overrides
+from support.common import RUN_DATE, local_overrides
 from watchnext.cli import main
 from watchnext.config import Config, load_config
 from watchnext.constants import TABLE_RECOMMENDATIONS_LATEST
@@ -30,7 +30,7 @@ from watchnext.serving import (
 
 pytestmark = [pytest.mark.spark, pytest.mark.delta]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SCHEMA = T.StructType(
     [

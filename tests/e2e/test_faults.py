@@ -41,7 +41,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import E2E_TIMEOUT, RUN_DATE, WHOLE_RUN, WholeRun, local_overrides
+from support.common import E2E_TIMEOUT, RUN_DATE, local_overrides
+from support.whole_run import WHOLE_RUN, WholeRun
 from watchnext import pipeline, tables
 from watchnext.cli import delta_tables
 from watchnext.config import Config, load_config
@@ -64,7 +65,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.m
 pytestmark += [pytest.mark.timeout(E2E_TIMEOUT)]
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXACT = {"rtol": 0.0, "atol": 0.0}
 # Columns that legitimately differ between two runs of the same date: the MLflow run that wrote the
 # row, and the registry versions of the models (each run registers a new version).
@@ -398,7 +399,7 @@ def test_task_failure_mid_stage_is_retried_with_an_identical_result(
     markers = built.tmp / "task-failures"
     logs = built.tmp / "fault-job.log"
     overrides = [*refs.overrides["a"], "spark.master=local[2,4]"]  # up to 4 attempts per task
-    runner = [str(ROOT / "tests" / "fault_job.py"), str(markers), "recommend"]
+    runner = [str(ROOT / "tests" / "support" / "fault_job.py"), str(markers), "recommend"]
     before = versions(spark, cfg, RECOMMEND_TABLES)
     out = run_job(job_command("recommend", overrides, RUN_DATE, runner), [], logs, None, 1500)
     assert out.rc == 0, _tail(logs)

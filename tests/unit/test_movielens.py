@@ -341,7 +341,7 @@ def test_ml_latest_header_is_checked(spark: SparkSession, tmp_path: Path) -> Non
 @pytest.mark.spark
 def test_read_real_ml_latest_small_if_present(spark: SparkSession) -> None:
     """The shared copy of ml-latest-small parses without a corrupt line and agrees with Python's csv."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
+    folder = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "ml-latest-small"
     if not (folder / "ratings.csv").is_file():
         pytest.skip(f"no ml-latest-small at {folder}")
     with (folder / "movies.csv").open(encoding="utf-8", newline="") as f:

@@ -1,7 +1,7 @@
 """Drives Airflow from its own environment for the tests: ``.venv-airflow/bin/python airflow_driver.py``.
 
 Airflow cannot be imported by the job environment's pytest (protobuf 7 vs TensorFlow 2.18), so
-tests/test_airflow_dag.py runs this script in a subprocess, with ``AIRFLOW_HOME`` in a temporary
+tests/e2e/test_airflow_dag.py runs this script in a subprocess, with ``AIRFLOW_HOME`` in a temporary
 folder, and reads the one JSON document it prints on its last line:
 
 - ``dagbag``: load the DAG folder; the import errors and, per DAG, its schedule, flags, params and

@@ -33,7 +33,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import E2E_TIMEOUT, RUN_DATE, local_overrides, run_process_group
+from support.common import E2E_TIMEOUT, RUN_DATE, local_overrides, run_process_group
 from watchnext import pipeline, tables
 from watchnext.config import Config, load_config
 from watchnext.constants import (
@@ -51,7 +51,7 @@ from watchnext.constants import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.delta, pytest.mark.mlflow, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 JOB_PYTHON = Path(sys.executable)
 # The Delta jars of the pinned delta-spark (pyproject.toml), resolved by spark-submit's Ivy.
@@ -60,7 +60,7 @@ MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 N_WORKERS = 2
 # The stages with the most executor-side Python (the synthetic generator, validation, the ALS
-# top-K blocks, the blocked similarity engine in mapInPandas); tests/test_airflow_dag.py runs every
+# top-K blocks, the blocked similarity engine in mapInPandas); tests/e2e/test_airflow_dag.py runs every
 # stage in local mode through spark-submit, and the time budget of `make test` keeps this list short.
 STAGES = ["ingest", "als", "similarities"]
 # Small and untuned: the point is where the code runs, not the model.

@@ -1,6 +1,6 @@
 """A stage job (as ``jobs/<stage>.py`` runs it) with a Spark task failure injected into every Delta write.
 
-``python tests/fault_job.py MARKER_DIR STAGE [job arguments]``: the first attempt of partition 0 of
+``python tests/support/fault_job.py MARKER_DIR STAGE [job arguments]``: the first attempt of partition 0 of
 every partition-scoped write (``tables.overwrite_partition``, which ``overwrite_run_date`` and the
 evaluation writers call) raises inside the task, after leaving a marker file in ``MARKER_DIR``. With a
 master that allows task retries (``local[N,F]``, or ``spark.task.maxFailures`` on a cluster) Spark

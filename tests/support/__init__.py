@@ -1,0 +1,1 @@
+"""Helpers and scripts the tests share; fixtures stay in tests/conftest.py."""

@@ -100,8 +100,9 @@ test: setup ## Run every test (Spark, Delta, MLflow, Horovod for real)
 test-fast: setup ## Tests without the slow / horovod markers
 	$(VENV)/bin/pytest -m "not slow and not horovod" $(ARGS)
 
-lint: setup ## ruff
+lint: setup ## ruff on the code, mypy on lib/ ([tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check lib jobs tests benchmarks airflow_dags
+	$(VENV)/bin/mypy
 
 quality: setup ## Quality report: the whole pipeline on ../shared/datasets/ml-latest-small
 	$(PY) benchmarks/quality.py $(ARGS)

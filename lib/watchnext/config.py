@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -310,13 +310,14 @@ class ClustersConfig(_Strict):
         return self
 
 
+SimilaritySource = Literal["als", "content", "cooccurrence"]
+
+
 class SimilarityConfig(_Strict):
     """Item-item and user-user neighbours (models/neighbors.py, on the engine in models/similarity.py)."""
 
     k: int = Field(20, ge=1)  # neighbours kept per item and source
-    sources: list[Literal["als", "content", "cooccurrence"]] = Field(
-        default_factory=lambda: ["als", "content", "cooccurrence"]
-    )
+    sources: list[SimilaritySource] = Field(default_factory=lambda: list(get_args(SimilaritySource)))
     block_size: int = Field(2048, ge=1)  # rows per block of the blocked exact top-K
     # Items with fewer interactions get no als/cooccurrence neighbours (too little evidence); the
     # content source covers every item, cold ones included.
@@ -331,6 +332,10 @@ class SimilarityConfig(_Strict):
 
 # ----------------------------------------------------------------------------------------- recommend
 RecommendSource = Literal["als", "ncf", "item", "user", "cluster", "popular", "trending"]
+
+
+def _default_recommend_sources() -> list[RecommendSource]:
+    return ["als", "item", "user", "cluster", "popular", "trending"]
 
 
 class BlendTuningConfig(_Strict):
@@ -351,20 +356,20 @@ class RecommendConfig(_Strict):
 
     n: int = Field(10, ge=1)  # items per user in `recommendations`
     candidates: int = Field(100, ge=1)  # M: candidates per user and source
-    sources: list[RecommendSource] = Field(
-        default_factory=lambda: ["als", "item", "user", "cluster", "popular", "trending"]
-    )
+    sources: list[RecommendSource] = Field(default_factory=_default_recommend_sources)
     # Neighbours behind the item-item candidates and `because_you_watched` (item_similarities source).
     item_source: Literal["cooccurrence", "als", "content"] = "cooccurrence"
     recent_items: int | None = Field(None, ge=1)  # item-item anchors: the user's latest N (None: all)
     normalization: Literal["rank", "minmax"] = "minmax"
     # The blend used when tuning is off, and the tuner's first trial.
-    weights: dict[RecommendSource, float] = Field(
+    # Keys: recommend sources (RecommendSource), checked below; str keys so any Mapping[str, float] API
+    # takes them as they are.
+    weights: dict[str, float] = Field(
         default_factory=lambda: {"als": 1.0, "item": 0.3, "user": 0.5, "cluster": 0.1, "popular": 0.05}
     )
     # Switching rule: users with fewer interactions than this get the cold weights instead.
     cold_threshold: int = Field(5, ge=0)
-    cold_weights: dict[RecommendSource, float] = Field(
+    cold_weights: dict[str, float] = Field(
         default_factory=lambda: {"cluster": 1.0, "trending": 0.3, "popular": 0.1}
     )
     max_per_cluster: int | None = Field(4, ge=1)  # diversity cap per genre cluster in a top-N
@@ -373,6 +378,15 @@ class RecommendConfig(_Strict):
     genre_row_length: int = Field(10, ge=1)
     because_k: int = Field(10, ge=1)  # neighbours per item in `because_you_watched`
     tuning: BlendTuningConfig = Field(default_factory=BlendTuningConfig)
+
+    @field_validator("weights", "cold_weights")
+    @classmethod
+    def _source_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        known = get_args(RecommendSource)
+        unknown = sorted(set(v) - set(known))
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
+        return v
 
     @model_validator(mode="after")
     def _backfill(self) -> RecommendConfig:

@@ -102,7 +102,7 @@ QUIET_LOGGERS = ("org.apache.spark.sql.execution.window",)
 
 
 def quiet_expected_warnings(spark: SparkSession) -> None:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm = spark.sparkContext._jvm
     if jvm is None:  # a Spark Connect session: the server's logging is not ours to set
         return
     level = jvm.org.apache.logging.log4j.Level.ERROR

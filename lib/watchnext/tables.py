@@ -30,7 +30,7 @@ def read(spark: SparkSession, path: str) -> DataFrame:
 
 def last_commit(spark: SparkSession, path: str) -> dict[str, object]:
     """The newest commit of the table: ``version``, ``operation``, ``userMetadata``, ``operationMetrics``."""
-    row = DeltaTable.forPath(spark, path).history(1).first()
+    row = DeltaTable.forPath(spark, path).history(1).head(1)[0]
     return {k: row[k] for k in ("version", "operation", "userMetadata", "operationMetrics")}
 
 

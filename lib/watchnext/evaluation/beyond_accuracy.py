@@ -54,7 +54,7 @@ class TrainStats:
             .agg(F.countDistinct(col_user).cast("double").alias("_u"), F.count(F.lit(1)).alias("_p"))
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        n_users = int(train.agg(F.countDistinct(col_user)).first()[0])
+        n_users = int(train.agg(F.countDistinct(col_user)).head(1)[0][0])
         return cls(items=items, n_users=n_users, n_items=items.count(), col_item=col_item)
 
     def release(self) -> None:
@@ -74,7 +74,7 @@ def catalog_coverage(recs: DataFrame, n_items: int, *, col_item: str = COL_ITEM_
     require_columns(recs, [col_item], "recs")
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    n = recs.agg(F.countDistinct(col_item).alias("n")).first()["n"]
+    n = recs.agg(F.countDistinct(col_item).alias("n")).head(1)[0]["n"]
     return float(n) / float(n_items)
 
 
@@ -99,7 +99,7 @@ def novelty(
         recs.select(col_item)
         .join(F.broadcast(stats.items.select(col_item, "_u")), col_item, "left")
         .agg(exact_mean(info).alias("novelty"), F.count(F.when(F.col("_u").isNull(), 1)).alias("unknown"))
-        .first()
+        .head(1)[0]
     )
     if row["unknown"]:
         log.info("novelty: %d recommendation rows have an item not in train; left out", row["unknown"])
@@ -142,7 +142,7 @@ def intra_list_diversity(
 
     per_user = by_key(recs.select(col_user, col_item).dropna(), col_user, step, schema)
     try:
-        return float_or_nan(per_user.agg(exact_mean("_ild").alias("ild")).first()["ild"])
+        return float_or_nan(per_user.agg(exact_mean("_ild").alias("ild")).head(1)[0]["ild"])
     finally:
         feats.unpersist()
 
@@ -274,7 +274,7 @@ def popularity_bias(
             F.first("_n").alias("n"),
             F.first("_m").alias("m"),
         )
-        .first()
+        .head(1)[0]
     )
     if row["total"] is None:
         gini = float("nan")
@@ -299,4 +299,4 @@ def popularity_bias(
         .join(F.broadcast(head), col_item, "left")
         .agg(exact_mean(F.when(F.col("_head").isNull(), 1.0).otherwise(0.0)).alias("share"))
     )
-    return {"exposure_gini": gini, "long_tail_share": float_or_nan(tail.first()["share"])}
+    return {"exposure_gini": gini, "long_tail_share": float_or_nan(tail.head(1)[0]["share"])}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
@@ -193,7 +194,7 @@ def _ranking_from_top(
         }
     row = per_user.agg(
         F.count(F.lit(1)).alias("_users"), *[exact_mean(expr).alias(name) for name, expr in names.items()]
-    ).first()
+    ).head(1)[0]
     if not row["_users"]:
         raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
     log.info("ranking metrics at %s over %d users", ks, row["_users"])
@@ -228,7 +229,7 @@ def rmse_mae(
         exact_mean(F.abs(err)).alias("mae"),
         F.count(err).alias("n"),
         F.count(F.lit(1)).alias("total"),
-    ).first()
+    ).head(1)[0]
     if not row["n"]:
         raise ValueError("no truth pair has a prediction; RMSE/MAE are undefined")
     if row["n"] < row["total"]:
@@ -262,7 +263,7 @@ def evaluate_all(
     ``ild_at_K`` (when ``item_features`` is given). ``train``: the interactions, or their
     :class:`TrainStats` when several lists are scored against the same split.
     """
-    cols = {"col_user": col_user, "col_item": col_item}
+    cols: dict[str, Any] = {"col_user": col_user, "col_item": col_item}
     ks = _cutoffs([k, *ranking_ks])
     # One top-max(K) cut, persisted: the ranking metrics and the (up to four) beyond-accuracy jobs below
     # read it, where each used to shuffle and rank ``recs`` again.
@@ -287,7 +288,7 @@ def _beyond_accuracy(
     n_items: int | None,
     item_features: DataFrame | None,
     col_features: str,
-    cols: dict[str, str],
+    cols: dict[str, Any],
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     col_user, col_item = cols["col_user"], cols["col_item"]

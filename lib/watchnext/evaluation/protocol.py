@@ -64,7 +64,7 @@ def _empty_test_message(interactions: DataFrame, cfg: EvaluationConfig) -> str:
         F.count(F.lit(1)).alias("n"),
         F.countDistinct(COL_USER_IDX).alias("users"),
         F.countDistinct(COL_ITEM_IDX).alias("items"),
-    ).first()
+    ).head(1)[0]
     n, users, items = (int(row[c]) for c in ("n", "users", "items"))
     what = f"{n} interactions of {users} users over {items} item{'s' if items != 1 else ''}"
     hint = (

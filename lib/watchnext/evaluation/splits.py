@@ -72,7 +72,7 @@ def _warm_test(
             F.count(F.when(F.col("_in_i").isNull(), 1)).alias("cold_item"),
             F.count(F.when(F.col("_in_p").isNotNull(), 1)).alias("repeat"),
             F.count(F.when(~keep, 1)).alias("dropped"),
-        ).first()
+        ).head(1)[0]
         log.info(
             "%s: dropped %d of %d test rows (user not in train: %d, item not in train: %d, "
             "pair already in train: %d)",
@@ -205,7 +205,7 @@ def split_summary(
             F.count(F.lit(1)).alias("rows"),
             F.countDistinct(col_user).alias("users"),
             F.countDistinct(col_item).alias("items"),
-        ).first()
+        ).head(1)[0]
         for key in ("rows", "users", "items"):
             out[f"{name}_{key}"] = float(row[key])
     total = out["train_rows"] + out["test_rows"]

@@ -33,7 +33,7 @@ def new_index_rows(
     )
     if existing is not None:
         candidates = candidates.join(existing.select(id_col), on=id_col, how="left_anti")
-        start = existing.agg(F.coalesce(F.max(idx_col), F.lit(-1))).first()[0] + 1
+        start = existing.agg(F.coalesce(F.max(idx_col), F.lit(-1))).head(1)[0][0] + 1
     else:
         start = 0
     # A single global ordering: the new ids of one run are few compared to the table; the window
@@ -54,7 +54,7 @@ def update_index(
     existing = tables.read(spark, path) if tables.exists(spark, path) else None
     rows = new_index_rows(existing, ids, id_col=id_col, idx_col=idx_col, run_date=run_date).persist()
     try:
-        stats = rows.agg(F.count("*"), F.max(idx_col)).first()
+        stats = rows.agg(F.count("*"), F.max(idx_col)).head(1)[0]
         added, top = int(stats[0]), stats[1]
         if top is not None and top > MAX_INDEX:
             raise OverflowError(

@@ -409,7 +409,7 @@ def generate(
     user_clusters = prof.select(
         F.col("user").cast("string").alias(COL_USER), F.col("primary").alias(COL_CLUSTER)
     ).to(USER_CLUSTERS_SCHEMA)
-    n_rows = int(prof.agg(F.sum("n")).first()[0] or 0)
+    n_rows = int(prof.agg(F.sum("n")).head(1)[0][0] or 0)
 
     interactions = (
         users.mapInPandas(events, _EVENTS_DDL)

@@ -123,7 +123,7 @@ def fit_biases(
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     r = train.select(col_user, col_item, F.col(col_rating).cast("double").alias("_r"))
-    mu_row = r.agg(exact_mean("_r").alias("mu"), F.count(F.lit(1)).alias("n")).first()
+    mu_row = r.agg(exact_mean("_r").alias("mu"), F.count(F.lit(1)).alias("n")).head(1)[0]
     if not mu_row["n"]:
         raise ValueError("train is empty; the bias model is undefined")
     mu = float(mu_row["mu"])

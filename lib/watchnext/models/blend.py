@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
@@ -366,7 +367,9 @@ def _prior(popularity: DataFrame | None) -> tuple[np.ndarray, np.ndarray] | None
     """``popularity`` ``(item_idx, score)`` over its maximum, by item id (item-sized: collected)."""
     if popularity is None:
         return None
-    pdf = popularity.select(F.col(COL_ITEM_IDX).cast("long"), F.col(COL_SCORE).cast("double")).toPandas()
+    pdf: pd.DataFrame = popularity.select(
+        F.col(COL_ITEM_IDX).cast("long"), F.col(COL_SCORE).cast("double")
+    ).toPandas()
     pdf = pdf.dropna().sort_values(COL_ITEM_IDX)
     score = pdf[COL_SCORE].to_numpy(np.float64)
     top = score.max() if len(score) else 0.0
@@ -376,7 +379,7 @@ def _prior(popularity: DataFrame | None) -> tuple[np.ndarray, np.ndarray] | None
 def _clusters(item_clusters: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``item_clusters`` by item id: ids, cluster ids, whether the item has one (item-sized)."""
     require_columns(item_clusters, [COL_ITEM_IDX, COL_CLUSTER], "item_clusters")
-    pdf = item_clusters.select(F.col(COL_ITEM_IDX).cast("long"), COL_CLUSTER).toPandas()
+    pdf: pd.DataFrame = item_clusters.select(F.col(COL_ITEM_IDX).cast("long"), COL_CLUSTER).toPandas()
     pdf = pdf.dropna(subset=[COL_ITEM_IDX]).sort_values(COL_ITEM_IDX)
     if pdf[COL_ITEM_IDX].duplicated().any():
         raise ValueError(f"item_clusters has more than one row for an item ({COL_ITEM_IDX})")

@@ -202,7 +202,7 @@ def fit_clusters(
     stats = flagged.agg(
         F.count(F.when(~F.col("_nz"), 1)).alias("zero"),
         F.countDistinct(F.when(F.col("_nz"), F.col("_h"))).alias("distinct"),  # 64-bit hash of the values
-    ).first()
+    ).head(1)[0]
     n_zero, n_distinct = int(stats["zero"]), int(stats["distinct"])
     ks = _candidate_ks(params, n_distinct)
 
@@ -254,13 +254,13 @@ def fit_clusters(
         best, k_model, silhouette[best], n_zero, k_model,
     )  # fmt: skip
     # The returned model writes col_cluster (int), so it can follow the content model in a pipeline.
-    model = PipelineModel(stages=[models[best], renumber])
-    assigned = model.transform(nonzero).select(col_item, col_item_idx, col_cluster)
+    pipeline = PipelineModel(stages=[models[best], renumber])
+    assigned = pipeline.transform(nonzero).select(col_item, col_item_idx, col_cluster)
     zero = flagged.where(~F.col("_nz")).select(
         col_item, col_item_idx, F.lit(k_model).cast("int").alias(col_cluster)
     )
     return ClusterResult(
-        model=model,
+        model=pipeline,
         k=k_model,
         silhouette=silhouette,
         assignments=assigned.unionByName(zero),

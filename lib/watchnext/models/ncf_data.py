@@ -227,7 +227,7 @@ def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user:
     )
     # Counted from the files just written: counting ``out`` would run the sampling a second time.
     written = rows.sparkSession.read.parquet(path)
-    stats = written.groupBy(COL_ROUND).count().agg(F.min("count"), F.max("count"), F.count("*")).first()
+    stats = written.groupBy(COL_ROUND).count().agg(F.min("count"), F.max("count"), F.count("*")).head(1)[0]
     n_rounds = int(stats[2]) if stats is not None else 0
     lo, hi = (int(stats[0]), int(stats[1])) if n_rounds else (0, 0)
     if lo != hi:

@@ -263,6 +263,8 @@ def _log_mlflow(job: TrainJob, result: RankResult) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
+    if job.run_id is None:  # nothing to log to
+        return
     client = MlflowClient(tracking_uri=job.tracking_uri)
     pre = job.prefix
     params = {

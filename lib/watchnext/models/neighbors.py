@@ -210,7 +210,7 @@ def neighbor_stats(nb: DataFrame, col_id: str = COL_ITEM_IDX) -> dict[str, float
         F.countDistinct(col_id).alias("items"),
         F.count(F.lit(1)).alias("pairs"),
         F.avg(COL_SCORE).alias("mean_score"),
-    ).first()
+    ).head(1)[0]
     return {
         "items": int(row["items"]),
         "pairs": int(row["pairs"]),

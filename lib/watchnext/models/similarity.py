@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -240,16 +240,17 @@ def blocked_topk(
         raise ValueError(f"unknown measure {measure!r}: cosine | jaccard | set_cosine")
     kind = _kind(rows)
     symmetric = candidates is None
-    if not symmetric and _kind(candidates) != kind:
+    others = rows if candidates is None else candidates
+    if _kind(others) != kind:
         raise ValueError("rows and candidates must be the same kind (dense or sparse)")
     np_dtype = np.dtype(dtype)
     set_measure = measure in _SET_MEASURES
 
     _check_measure(kind, measure)
-    n = max(rows.count(), 1 if symmetric else candidates.count(), 1)
+    n = max(rows.count(), 1 if symmetric else others.count(), 1)
     n_blocks = max(1, math.ceil(n / block_size))
     lp = _pack(rows, kind, measure, n_blocks)
-    rp = lp if symmetric else _pack(candidates, kind, measure, n_blocks)
+    rp = lp if symmetric else _pack(others, kind, measure, n_blocks)
     lp = lp.select([F.col(c).alias(f"a{c}") for c in lp.columns])
     rp = rp.select([F.col(c).alias(f"b{c}") for c in rp.columns])
     # Every ordered block pair (a, b), all pairs of one row block a in one task: the task keeps a
@@ -274,7 +275,7 @@ def blocked_topk(
         ]
     )
 
-    def operands(rec: pd.Series, left: str, right: str) -> tuple[object, object]:
+    def operands(rec: pd.Series, left: str, right: str) -> tuple[Any, Any]:
         n_cols = 0
         if kind == "sparse":
             n_cols = 1 + max(

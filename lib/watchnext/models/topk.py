@@ -364,7 +364,7 @@ def top_unseen(
     require_columns(item_scores, cols, "item_scores")
     require_columns(users, [col_user], "users")
     group = F.col(col_group) if col_group else F.lit(0)
-    ranking = (
+    ranking: pd.DataFrame = (
         item_scores.select(
             F.col(col_item).cast("long").alias("i"),
             F.col(col_score).cast("double").alias("s"),

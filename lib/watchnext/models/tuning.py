@@ -197,12 +197,12 @@ def tune_als(
         num_blocks = als_num_blocks(train.count(), train.sparkSession.sparkContext.defaultParallelism)
     users = validation.select(col_user).distinct()
     seen = train.select(col_user, col_item)
-    cols = {"col_user": col_user, "col_item": col_item}
+    cols: dict[str, Any] = {"col_user": col_user, "col_item": col_item}
     trials: list[Trial] = []
 
     def evaluate(params: AlsParams) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
-        model: ALSModel | None = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
+        model: ALSModel = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
         recs = recommend(model, users, k, seen, **cols)
         metrics = ranking_metrics(recs, validation, k, **cols)
         del model, recs

@@ -36,7 +36,7 @@ def candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
             parts.append(blend.ranked(topk_from_factors(uf, src.item_factors, m, seen_u), s))
         elif s == "item" and src.item_neighbors is not None:
             hist = src.history.join(users, COL_USER_IDX, "left_semi")
-            cand = blend.itemcandidates(src.item_neighbors, hist, m, recent=rc.recent_items)
+            cand = blend.item_candidates(src.item_neighbors, hist, m, recent=rc.recent_items)
             parts.append(blend.ranked(cand, s, anchor=blend.COL_ANCHOR_IDX))
         elif s == "user" and src.user_neighbors is not None:
             un = src.user_neighbors.join(users, COL_USER_IDX, "left_semi")
@@ -44,7 +44,7 @@ def candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
         elif s == "cluster" and src.affinity is not None:
             aff = src.affinity.join(users, COL_USER_IDX, "left_semi")
             assert src.item_clusters is not None
-            cand = blend.clustercandidates(
+            cand = blend.cluster_candidates(
                 aff, src.item_clusters, src.popularity, seen_u, m, top_clusters=rc.cluster_top
             )
             parts.append(blend.ranked(cand, s))
@@ -82,7 +82,7 @@ def scored_pool(
     counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
     rows = users.count() * (len(rc.sources) + 1) * rc.candidates
     parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / POOL_ROWS))
-    return blend.rankcandidates(
+    return blend.rank_candidates(
         cand,
         rc.sources,
         rc.candidates,

@@ -62,7 +62,7 @@ def check_exactly_n(top: DataFrame, users: DataFrame, n: int) -> dict[str, int]:
     bad = joined.where((F.col("_rows") != n) | (F.col("_items") != n))
     row = joined.agg(
         F.count(F.lit(1)).alias("users"), F.sum((F.col("_rows") == n).cast("int")).alias("ok")
-    ).first()
+    ).head(1)[0]
     if row["users"] != row["ok"] or not bad.isEmpty():
         examples = [f"{r[COL_USER]} ({r['_items']} items)" for r in bad.limit(5).collect()]
         raise RuntimeError(
@@ -121,7 +121,7 @@ def publish_latest(spark: SparkSession, cfg: Config, run_date: dt.date, props: d
     """Replace ``recommendations_latest`` with this run date's lists unless it holds a newer date."""
     path = cfg.table_path(TABLE_RECOMMENDATIONS_LATEST)
     if tables.exists(spark, path):
-        newest = tables.read(spark, path).agg(F.max(COL_RUN_DATE)).first()[0]
+        newest = tables.read(spark, path).agg(F.max(COL_RUN_DATE)).head(1)[0][0]
         if newest is not None and newest > run_date:
             log.info("%s holds %s, newer than %s: left as it is", path, newest, run_date)
             return f"kept {newest}"

@@ -33,12 +33,12 @@ def model_versions(cfg: Config) -> tuple[AlsParams, dict[str, str]]:
         versions["als"] = str(mv.version)
         logged = {
             k.removeprefix("best."): v
-            for k, v in client.get_run(mv.run_id).data.params.items()
+            for k, v in (client.get_run(mv.run_id).data.params if mv.run_id else {}).items()
             if k.startswith("best.")
         }
         if logged:
             params = AlsParams.model_validate({**params.model_dump(), **logged})
-    found = client.searchmodel_versions(f"name = '{cfg.clusters.registered_model}'")
+    found = client.search_model_versions(f"name = '{cfg.clusters.registered_model}'")
     if found:
         versions["clusters"] = str(max(int(v.version) for v in found))
     return params, versions

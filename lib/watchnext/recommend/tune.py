@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -75,7 +76,8 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
             )
             .toPandas()
         )
-        n_rel = truth.groupBy(COL_USER_IDX).count().toPandas().set_index(COL_USER_IDX)["count"]
+        per_user: pd.DataFrame = truth.groupBy(COL_USER_IDX).count().toPandas()
+        n_rel = per_user.set_index(COL_USER_IDX)["count"]
         src.release()
     finally:
         fit.unpersist()

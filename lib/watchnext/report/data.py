@@ -46,7 +46,7 @@ CATALOGUE, INTERACTIONS = "catalogue", "interactions"
 def metrics_frame(evaluation: DataFrame) -> pd.DataFrame:
     """The evaluation rows of one run date as pandas: model, metric, k (nullable), value."""
     require_columns(evaluation, [COL_MODEL, COL_METRIC, COL_K, COL_VALUE], "evaluation")
-    df = evaluation.select(COL_MODEL, COL_METRIC, COL_K, COL_VALUE).toPandas()
+    df: pd.DataFrame = evaluation.select(COL_MODEL, COL_METRIC, COL_K, COL_VALUE).toPandas()
     df[COL_K] = df[COL_K].astype("Int64")
     return df
 
@@ -101,20 +101,19 @@ def popularity_exposure(
     # One row per catalogue item through an un-partitioned window (as metrics.popularity_bias does).
     order = Window.orderBy(F.col("_n").desc(), F.col(col_item).asc())
     bucketed = pop.withColumn("_bucket", F.ntile(n_buckets).over(order))
-    base = (
+    base_rows: pd.DataFrame = (
         bucketed.groupBy("_bucket")
         .agg(F.count(F.lit(1)).alias(CATALOGUE), F.sum("_n").alias(INTERACTIONS))
         .toPandas()
-        .set_index("_bucket")
-        .sort_index()
     )
-    exposure = (
+    base = base_rows.set_index("_bucket").sort_index()
+    exposure_rows: pd.DataFrame = (
         recs.join(bucketed.select(col_item, "_bucket"), col_item)
         .groupBy(col_model, "_bucket")
         .agg(F.count(F.lit(1)).alias("_x"))
         .toPandas()
-        .pivot_table(index="_bucket", columns=col_model, values="_x", aggfunc="sum")
     )
+    exposure = exposure_rows.pivot_table(index="_bucket", columns=col_model, values="_x", aggfunc="sum")
     out = pd.concat([base, exposure.reindex(base.index)], axis=1).fillna(0.0).astype(float)
     out = out / out.sum(axis=0).replace(0.0, 1.0)
     out.index = out.index.astype(int).rename("bucket")
@@ -128,7 +127,7 @@ def cluster_table(clusters: DataFrame) -> pd.DataFrame:
     cols = [
         c for c in (COL_CLUSTER, COL_LABEL, COL_SIZE, COL_TOP_GENRES, COL_TOP_TAGS) if c in clusters.columns
     ]
-    df = clusters.select(*cols).toPandas()
+    df: pd.DataFrame = clusters.select(*cols).toPandas()
     return df.sort_values([COL_SIZE, COL_CLUSTER], ascending=[False, True], kind="stable").reset_index(
         drop=True
     )
@@ -148,7 +147,7 @@ def user_lists(recs: DataFrame, users: Sequence[str], *, col_user: str = COL_USE
     require_columns(recs, [col_user, COL_RANK, COL_TITLE, COL_SCORE, COL_REASON], "recommendations")
     cols = [col_user, COL_RANK, COL_ITEM, COL_TITLE, COL_SCORE, COL_REASON]
     cols += [COL_SOURCES] if COL_SOURCES in recs.columns else []
-    df = recs.where(F.col(col_user).isin(list(users))).select(*cols).toPandas()
+    df: pd.DataFrame = recs.where(F.col(col_user).isin(list(users))).select(*cols).toPandas()
     return df.sort_values([col_user, COL_RANK], kind="stable").reset_index(drop=True)
 
 
@@ -157,7 +156,7 @@ def recent_history(
 ) -> pd.DataFrame:
     """The ``n`` latest titles each of ``users`` watched (user, title, timestamp), newest first."""
     latest = Window.partitionBy(col_user).orderBy(F.col(COL_TIMESTAMP).desc(), F.col(COL_ITEM))
-    df = (
+    df: pd.DataFrame = (
         interactions.where(F.col(col_user).isin(list(users)))
         .select(col_user, COL_ITEM, COL_TIMESTAMP)
         .withColumn("_r", F.row_number().over(latest))
@@ -172,7 +171,7 @@ def recent_history(
 def reason_mix(recs: DataFrame) -> pd.DataFrame:
     """Share of all published list slots per kind of reason ("Because you watched ...", ...)."""
     kind = F.regexp_replace(F.col(COL_REASON), r"^(Because you watched|Popular in) .*$", "$1 …")
-    df = recs.groupBy(kind.alias("reason")).agg(F.count(F.lit(1)).alias("slots")).toPandas()
+    df: pd.DataFrame = recs.groupBy(kind.alias("reason")).agg(F.count(F.lit(1)).alias("slots")).toPandas()
     df["share"] = df["slots"] / max(int(df["slots"].sum()), 1)
     return df.sort_values(["slots", "reason"], ascending=[False, True]).reset_index(drop=True)
 

@@ -106,7 +106,7 @@ def run(
             F.count("*").alias("n"),
             F.countDistinct(COL_USER).alias("u"),
             F.countDistinct(COL_ITEM).alias("i"),
-        ).first()
+        ).head(1)[0]
         by_reason = {r[COL_REASON]: int(r["count"]) for r in rejects.groupBy(COL_REASON).count().collect()}
         check_not_empty(source.name, rows_read, int(counts["n"]), by_reason)
         users_index, new_users = update_index(

@@ -142,8 +142,8 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     ).persist(StorageLevel.MEMORY_AND_DISK)
     user_index = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
     item_index = tables.read(spark, cfg.table_path(TABLE_ITEM_INDEX)).select(COL_ITEM, COL_ITEM_IDX)
-    n_users = int(user_index.agg(F.max(COL_USER_IDX)).first()[0]) + 1
-    n_items = int(item_index.agg(F.max(COL_ITEM_IDX)).first()[0]) + 1
+    n_users = int(user_index.agg(F.max(COL_USER_IDX)).head(1)[0][0]) + 1
+    n_items = int(item_index.agg(F.max(COL_ITEM_IDX)).head(1)[0][0]) + 1
     known = interactions.select(COL_USER_IDX, COL_ITEM_IDX)
     summary: dict[str, Any] = {"n_users": n_users, "n_items": n_items}
     tracking.log_params({"ncf.n_users": n_users, "ncf.n_items": n_items})

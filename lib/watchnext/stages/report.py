@@ -102,7 +102,7 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
             F.count(F.lit(1)).alias("interactions"),
             F.countDistinct(COL_USER).alias("users"),
             F.countDistinct(COL_ITEM).alias("items watched"),
-        ).first()
+        ).head(1)[0]
         out["counts"] = {k: int(v) for k, v in row.asDict().items()}
         if items is not None:
             out["counts"]["catalogue items"] = items.count()
@@ -172,6 +172,9 @@ def _mlflow(cfg: Config, run_date: dt.date, missing: dict[str, str]) -> dict[str
     tracking.configure(cfg)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        missing["stages"] = f"no MLflow experiment {cfg.mlflow.experiment!r} in {cfg.mlflow.tracking_uri}"
+        return {}
     ui = runs.ui_base(cfg.mlflow.tracking_uri, cfg.report.mlflow_ui_url)
     this = tracking.active_run_id()
     info = {

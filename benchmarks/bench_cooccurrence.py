@@ -8,7 +8,7 @@ compute each user's top ``--k`` neighbours by binary cosine ``|I_u & I_v| / sqrt
 pairs sharing at least ``--min-overlap`` items (the similarities stage's ``user_source:
 cooccurrence``), and are timed end to end to a materialised table (a ``noop`` write) after a warm-up:
 
-* **blocked**: ``models/similarity.user_neighbors_from_cooccurrence`` (users packed into CSR blocks,
+* **blocked**: ``models/neighbors.user_neighbors_from_cooccurrence`` (users packed into CSR blocks,
   one sparse product per block pair, only nonzeros at or above each row's running K-th score ranked);
 * **self-join** (the reference): interactions joined with themselves on the item, pair overlaps
   counted with ``groupBy``, the same score in SQL, a window top-K: what a Spark user writes first.

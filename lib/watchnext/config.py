@@ -6,6 +6,10 @@ overrides. Values may reference environment variables as ``${env:NAME}`` or ``${
 that is the only way secrets enter the config (a literal value under a secret-looking key in a file is
 refused). The merged mapping is validated once into the typed :class:`Config`; an unknown key or a
 wrong type raises :class:`ConfigError` naming the dotted key.
+
+One module on purpose (about 700 lines): the schema is the single source of every default
+(``conf/base.yaml`` is checked against it in tests/unit/test_config.py) and its sections refer to
+each other's types; split by section it would only scatter the defaults again.
 """
 
 from __future__ import annotations

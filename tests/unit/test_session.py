@@ -15,9 +15,13 @@ from watchnext.session import QUIET_LOGGERS, quiet_expected_warnings
 
 @pytest.mark.spark
 def test_expected_window_warnings_are_raised_to_error(spark: SparkSession) -> None:
-    manager = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    manager = log4j.LogManager
     window = manager.getLogger("org.apache.spark.sql.execution.window.WindowExec")
     spark.sparkContext.setLogLevel("WARN")  # what a default run sets (the test session runs at ERROR)
+    # An earlier build_session in this JVM may have quieted them already: start from WARN.
+    for name in QUIET_LOGGERS:
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.WARN)
     try:
         assert window.getLevel().toString() == "WARN"
         quiet_expected_warnings(spark)

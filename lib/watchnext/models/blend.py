@@ -34,6 +34,9 @@ id.
 user (the users' interaction counts, for the cold flag, travel in the same shuffle as extra rows):
 each partition is read whole and ranked in numpy, with the item-sized popularity and clusters
 broadcast. :func:`pool`, :func:`blend` and :func:`select_top_n` are the same steps one at a time.
+
+About 530 lines: the candidate sources and the pool/blend/top-N steps share the long format and the
+numpy kernels above; the weight search is apart (``models/blend_tuning.py``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from watchnext.models import (
     popularity_scores,
     predict,
     predict_biases,
-    recommend,
+    top_k_items,
     topk_from_item_scores,
     trending_scores,
     tune_als,
@@ -146,14 +146,14 @@ def main(argv: list[str]) -> None:
         rank=args.explicit_rank, reg_param=args.explicit_reg, max_iter=10, implicit_prefs=False, seed=cfg.seed
     )
     explicit_model = fit_als(train, explicit)
-    evaluate("explicit ALS", lambda: recommend(explicit_model, users, K, train))
+    evaluate("explicit ALS", lambda: top_k_items(explicit_model, users, K, train))
 
     base = AlsParams.from_config(cfg)
     confidences = [base.confidence] if args.no_confidence_study else ["binary", "rating", "log", "centered"]
     for conf in confidences:
         p = base.model_copy(update={"confidence": conf})
         evaluate(
-            f"implicit ALS ({conf}, defaults)", lambda p=p: recommend(fit_als(train, p), users, K, train)
+            f"implicit ALS ({conf}, defaults)", lambda p=p: top_k_items(fit_als(train, p), users, K, train)
         )
 
     best: AlsParams | None = None
@@ -178,12 +178,12 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
         evaluate(
-            f"implicit ALS (tuned {args.method})", lambda: recommend(fit_als(train, best), users, K, train)
+            f"implicit ALS (tuned {args.method})", lambda: top_k_items(fit_als(train, best), users, K, train)
         )
 
     regs = (cfg.bias_reg_user, cfg.bias_reg_item)
     biased = fit_biased_als(train, explicit, regs, cfg.bias_iters)
-    evaluate("biased explicit ALS", lambda: recommend(biased, users, K, train))
+    evaluate("biased explicit ALS", lambda: top_k_items(biased, users, K, train))
 
     # Rating prediction on the test pairs.
     pairs = test.select(COL_USER_IDX, COL_ITEM_IDX)

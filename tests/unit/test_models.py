@@ -34,7 +34,7 @@ from watchnext.models import (
     popularity_scores,
     predict,
     predict_biases,
-    recommend,
+    top_k_items,
     top_positions,
     topk_from_factors,
     topk_from_item_scores,
@@ -285,7 +285,7 @@ def test_implicit_als_beats_popularity_on_planted_clusters(
     users = test.select(USER).distinct()
     pop = ranking_metrics(topk_from_item_scores(popularity_scores(train), users, 10, train), test, 10)
     model = fit_als(train, FAST, num_blocks=2)
-    recs = recommend(model, users, 10, train)
+    recs = top_k_items(model, users, 10, train)
     als = ranking_metrics(recs, test, 10)
     assert als["ndcg_at_10"] >= pop["ndcg_at_10"] + ALS_MARGIN, (als, pop)
     # Nothing seen in train is recommended, and every list is full.
@@ -311,8 +311,8 @@ def test_biased_als_beats_bias_only_rmse(spark: SparkSession) -> None:
     base = rmse_mae(predict_biases(biases, pairs), test)
     full = rmse_mae(predict(biased, pairs), test)
     assert full["rmse"] < base["rmse"] - 0.3, (full, base)  # measured: bias-only 0.74, biased 0.31
-    # recommend() scores are the model's full predictions.
-    recs = recommend(biased, spark.createDataFrame([(0,), (1,)], [USER]), n_items).toPandas()
+    # top_k_items() scores are the model's full predictions.
+    recs = top_k_items(biased, spark.createDataFrame([(0,), (1,)], [USER]), n_items).toPandas()
     cross = predict(biased, spark.createDataFrame(recs[[USER, ITEM]].astype("int32"))).toPandas()
     merged = recs.merge(cross, on=[USER, ITEM])
     assert len(merged) == 2 * n_items

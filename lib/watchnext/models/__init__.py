@@ -11,7 +11,7 @@ from watchnext.models.als import (
     fit_biased_als,
     implicit_value,
     predict,
-    recommend,
+    top_k_items,
 )
 from watchnext.models.baselines import (
     BiasModel,
@@ -45,7 +45,7 @@ __all__ = [
     "popularity_scores",
     "predict",
     "predict_biases",
-    "recommend",
+    "top_k_items",
     "refit",
     "top_positions",
     "topk_from_factors",

@@ -274,7 +274,7 @@ def factor_frames(
     return users, items
 
 
-def recommend(
+def top_k_items(
     model: ALSModel | BiasedAlsModel,
     users: DataFrame | None,
     k: int,

@@ -39,7 +39,7 @@ from watchnext.config import AlsConfig, AlsSearchSpace, FloatRange, IntRange
 from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_USER_IDX
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.evaluation.splits import stratified_split
-from watchnext.models.als import AlsParams, fit_als, recommend
+from watchnext.models.als import AlsParams, fit_als, top_k_items
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def tune_als(
     def evaluate(params: AlsParams) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
         model: ALSModel = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
-        recs = recommend(model, users, k, seen, **cols)
+        recs = top_k_items(model, users, k, seen, **cols)
         metrics = ranking_metrics(recs, validation, k, **cols)
         del model, recs
         gc.collect()  # drop py4j references, so the JVM can free the trial's factors and broadcast

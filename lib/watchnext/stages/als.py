@@ -40,7 +40,7 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
 )
 from watchnext.evaluation import protocol
-from watchnext.models.als import AlsParams, factor_frames, fit_als, fit_biased_als, predict, recommend
+from watchnext.models.als import AlsParams, factor_frames, fit_als, fit_biased_als, predict, top_k_items
 from watchnext.models.baselines import fit_biases, predict_biases
 from watchnext.models.tuning import tune_and_refit
 
@@ -78,7 +78,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         tracking.log_params({f"best.{k}": v for k, v in params.model_dump().items()})
 
         k = max(cfg.evaluation.ks + [cfg.evaluation.k])
-        recs = recommend(model, test.select(COL_USER_IDX), k, seen=train.select(COL_USER_IDX, COL_ITEM_IDX))
+        recs = top_k_items(model, test.select(COL_USER_IDX), k, seen=train.select(COL_USER_IDX, COL_ITEM_IDX))
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
         # the train-split factors too: the recommend stage's offline blend reads them, not a refit
         protocol.write_factors(*factor_frames(model), cfg, protocol.EVAL_ALS, run_date, run_id)

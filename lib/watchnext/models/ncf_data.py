@@ -228,7 +228,7 @@ def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user:
     # Counted from the files just written: counting ``out`` would run the sampling a second time.
     written = rows.sparkSession.read.parquet(path)
     stats = written.groupBy(COL_ROUND).count().agg(F.min("count"), F.max("count"), F.count("*")).head(1)[0]
-    n_rounds = int(stats[2]) if stats is not None else 0
+    n_rounds = int(stats[2])
     lo, hi = (int(stats[0]), int(stats[1])) if n_rounds else (0, 0)
     if lo != hi:
         raise AssertionError(f"rounds written to {path} differ in size: {lo} .. {hi} rows")

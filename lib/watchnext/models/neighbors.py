@@ -204,10 +204,10 @@ def with_ids(neighbours: DataFrame, ids: DataFrame, col_id: str, col_idx: str) -
     )
 
 
-def neighbor_stats(nb: DataFrame, col_id: str = COL_ITEM_IDX) -> dict[str, float]:
-    """Rows covered, neighbour pairs and the mean score of a neighbour table (one aggregate)."""
+def neighbor_stats(nb: DataFrame) -> dict[str, float]:
+    """Items covered, neighbour pairs and the mean score of an item neighbour table (one aggregate)."""
     row = nb.agg(
-        F.countDistinct(col_id).alias("items"),
+        F.countDistinct(COL_ITEM_IDX).alias("items"),
         F.count(F.lit(1)).alias("pairs"),
         F.avg(COL_SCORE).alias("mean_score"),
     ).head(1)[0]

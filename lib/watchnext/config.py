@@ -335,11 +335,19 @@ class SimilarityConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------------------- recommend
-RecommendSource = Literal["als", "ncf", "item", "user", "cluster", "popular", "trending"]
+RecommendSource = Literal["als", "ease", "ncf", "item", "user", "cluster", "popular", "trending"]
 
 
 def _default_recommend_sources() -> list[RecommendSource]:
-    return ["als", "item", "user", "cluster", "popular", "trending"]
+    return ["als", "ease", "item", "user", "cluster", "popular", "trending"]
+
+
+class EaseConfig(_Strict):
+    """The closed-form linear item model behind the ``ease`` source (models/ease.py)."""
+
+    reg: float = Field(500.0, gt=0)  # lambda: the L2 penalty on the item x item weights
+    max_items: int = Field(10_000, ge=1)  # size limit of the dense solve: the most-interacted items
+    min_item_interactions: int = Field(2, ge=1)  # rarer items get no EASE score
 
 
 class BlendTuningConfig(_Strict):
@@ -352,6 +360,24 @@ class BlendTuningConfig(_Strict):
     seed: int = 44
     # Users whose validation pools are pulled to the driver to tune on (a uniform hash sample).
     max_users: int = Field(20000, ge=1)
+    # Share of those users held back: the weights and the ranker are fitted on the rest, and the recipe
+    # (learned, linear, or the best single source) is chosen by NDCG@K on these.
+    holdout_share: float = Field(0.25, gt=0, lt=1)
+
+
+class LearnedRankerConfig(_Strict):
+    """The learned ranker (models/ranker.py): XGBoost LambdaMART on Spark over the candidate pool."""
+
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    n_estimators: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    early_stopping_share: float = Field(0.2, gt=0, lt=1)  # of the tuning users: the stopping slice
+    min_child_weight: float = Field(10.0, ge=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    num_workers: int = Field(1, ge=1)  # XGBoost barrier tasks (executor slots) training side by side
+    registered_model: str = "watchnext-ranker"
 
 
 class RecommendConfig(_Strict):
@@ -369,7 +395,14 @@ class RecommendConfig(_Strict):
     # Keys: recommend sources (RecommendSource), checked below; str keys so any Mapping[str, float] API
     # takes them as they are.
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"als": 1.0, "item": 0.3, "user": 0.5, "cluster": 0.1, "popular": 0.05}
+        default_factory=lambda: {
+            "als": 1.0,
+            "ease": 1.0,
+            "item": 0.3,
+            "user": 0.5,
+            "cluster": 0.1,
+            "popular": 0.05,
+        }
     )
     # Switching rule: users with fewer interactions than this get the cold weights instead.
     cold_threshold: int = Field(5, ge=0)
@@ -381,6 +414,11 @@ class RecommendConfig(_Strict):
     genre_rows: int = Field(5, ge=0)  # rows per user in `genre_rows`
     genre_row_length: int = Field(10, ge=1)
     because_k: int = Field(10, ge=1)  # neighbours per item in `because_you_watched`
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+    # learned: the ranker orders the pool (kept when it beats the linear blend on the held-back users);
+    # linear: the tuned weighted sum alone.
+    ranker: Literal["learned", "linear"] = "learned"
+    learned: LearnedRankerConfig = Field(default_factory=LearnedRankerConfig)
     tuning: BlendTuningConfig = Field(default_factory=BlendTuningConfig)
 
     @field_validator("weights", "cold_weights")

@@ -84,4 +84,5 @@ TABLE_GENRE_ROWS = "genre_rows"  # Netflix-style rows: per user, favourite clust
 TABLE_BECAUSE_YOU_WATCHED = "because_you_watched"  # item -> neighbours with reason text
 TABLE_NCF_SCORES = "ncf_scores"  # NeuMF scores of candidate (user, item) pairs
 COL_ANCHOR = "anchor_id"  # the watched item behind a "because you watched" reason
+COL_ANCHOR_IDX = "anchor_idx"  # its index in the candidate pool
 COL_ROW = "row"  # position of a genre row on a user's page

@@ -43,6 +43,7 @@ from watchnext.constants import (
 )
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
+from watchnext.models.ranker import feature_names
 from watchnext.recommend import publish
 from watchnext.serving import RecommendationStore
 from watchnext.stages import ingest
@@ -188,7 +189,7 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
     # lineage and model versions
     row = recs.select("run_id", "model_versions", "sources").first()
     assert row.run_id == summary["mlflow_run_id"] and row.model_versions == {"als": "1", "clusters": "1"}
-    assert set(row.sources) <= {"als", "item", "user", "cluster", "popular", "trending", "backfill"}
+    assert set(row.sources) <= {"als", "ease", "item", "user", "cluster", "popular", "trending", "backfill"}
     # ... in the same commit as the data: each table's newest commit is the write, naming the run
     lineage = {"watchnext.run_id": summary["mlflow_run_id"], "watchnext.run_date": RUN_DATE.isoformat()}
     for table in (TABLE_RECOMMENDATIONS, TABLE_GENRE_ROWS, TABLE_BECAUSE_YOU_WATCHED):
@@ -251,7 +252,32 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
     assert not _read(spark, cfg, TABLE_EVAL_RECS).where("model = 'blend'").isEmpty()
     tuning = summary["tuning"]
     assert tuning["validation_ndcg_at_10"] >= max(tuning["single_source"].values())
+    # the recipe: a learned ranker was trained and scored on the held-back users beside the linear
+    # blend and every source; the published one is the best of learned/linear, never below a source
+    held = tuning["holdout_ndcg_at_10"]
+    assert {"learned", "linear", *cfg.recommend.sources} == set(held)
+    recipe = summary["recipe"]
+    assert recipe == tuning["recipe"]
+    published = held[recipe] if recipe in held else held[recipe.split(":")[1]]
+    assert published >= max(held[s] for s in cfg.recommend.sources)
+    if recipe == "learned":
+        assert held["learned"] >= held["linear"]
+    elif recipe == "linear":
+        assert held["linear"] > held["learned"]
+    # EASE (no stage of its own) and, when the recipe is not the linear blend, the linear blend are
+    # scored offline beside it
+    assert "ease" in result["evaluate"]["ndcg_at_10"]
+    assert ("linear_blend" in result["evaluate"]["ndcg_at_10"]) == (recipe != "linear")
     run = mlflow.get_run(summary["mlflow_run_id"])
+    assert {f"ranker.importance.{f}" for f in feature_names(cfg.recommend.sources)} <= set(run.data.metrics)
+    assert run.data.params["blend.recipe"] == recipe
+    if recipe == "learned":
+        version = mlflow.MlflowClient().get_model_version(
+            cfg.recommend.learned.registered_model, summary["ranker_version"]
+        )
+        assert version.run_id == summary["mlflow_run_id"]
+    else:
+        assert summary["ranker_version"] is None
     assert {f"blend.weight.{s}" for s in summary["weights"]} <= set(run.data.params)
     assert "best_validation_ndcg_at_10" in run.data.metrics
     recs.unpersist()

@@ -4,6 +4,7 @@ Each source proposes up to ``M`` unseen items per user, long format ``(user_idx,
 score, rank, anchor_idx)`` (``anchor_idx``: the watched item that explains an item-item candidate):
 
 * ``als``: top-M of ``p_u . q_i`` (:func:`~watchnext.models.topk.topk_from_factors`);
+* ``ease``: top-M of ``x_u B``, the closed-form linear item model (:mod:`watchnext.models.ease`);
 * ``item``: neighbours of the user's (recent) items, ``sum of sim(j, i)`` (:func:`item_candidates`);
 * ``user``: items of similar users (:func:`~watchnext.models.knn.user_based_scores`);
 * ``cluster``: popular items of the user's favourite genre clusters (:func:`cluster_candidates`);
@@ -56,6 +57,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from watchnext.checks import require_columns
 from watchnext.constants import (
+    COL_ANCHOR_IDX,
     COL_CLUSTER,
     COL_ITEM_IDX,
     COL_RANK,
@@ -72,8 +74,7 @@ from watchnext.models.topk import top_unseen
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("als", "ncf", "item", "user", "cluster", "popular", "trending")
-COL_ANCHOR_IDX = "anchor_idx"
+SOURCES = ("als", "ease", "ncf", "item", "user", "cluster", "popular", "trending")
 COL_COLD = "cold"
 COL_DOMINANT = "dominant"
 COL_COUNT = "count"  # rank_candidates' counts: the user's interactions, for the cold flag
@@ -481,19 +482,20 @@ def select_top_n(
     max_per_cluster: int | None,
     *,
     partitions: int | None = None,
+    every: bool = False,
 ) -> DataFrame:
     """The top ``n`` per user of ``scored`` (``user_idx, item_idx, score, ...``) under the cluster cap
     (module docstring); adds ``cluster_id`` (null for an item without one: it is its own cluster) and
-    ``rank`` 1..n by score. Shuffles ``scored`` by user: :func:`rank_candidates` does all three
-    steps after one shuffle."""
+    ``rank`` 1..n by score; ``every``: all rows, ``rank`` null where not chosen. Shuffles ``scored`` by
+    user: :func:`rank_candidates` does all three steps after one shuffle."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     require_columns(scored, [COL_USER_IDX, COL_ITEM_IDX, COL_SCORE], "scored")
     clusters = _clusters(item_clusters)
-    schema = T.StructType([*scored.schema.fields, *_top_fields(item_clusters, every=False)])
+    schema = T.StructType([*scored.schema.fields, *_top_fields(item_clusters, every=every)])
 
     def step(t: pa.Table) -> pa.Table:
-        return _top_table(t, clusters, n, max_per_cluster, every=False)
+        return _top_table(t, clusters, n, max_per_cluster, every=every)
 
     return by_key(scored, COL_USER_IDX, step, schema, partitions)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -40,11 +40,15 @@ class TuningData:
     cluster: np.ndarray
     relevant: np.ndarray
     n_relevant: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_pandas(cls, pdf: pd.DataFrame, n_relevant: pd.Series, sources: Sequence[str]) -> TuningData:
+    def from_pandas(
+        cls, pdf: pd.DataFrame, n_relevant: pd.Series, sources: Sequence[str], extra: Sequence[str] = ()
+    ) -> TuningData:
         """``pdf``: pool rows (user_idx, item_idx, cluster_id, relevant, f_<s>..., prior); ``n_relevant``:
-        held-out item count indexed by user_idx (users with none are dropped)."""
+        held-out item count indexed by user_idx (users with none are dropped); ``extra``: more columns
+        of ``pdf`` kept in :attr:`extra`, in the rows' order."""
         pdf = pdf[pdf[COL_USER_IDX].isin(n_relevant.index)].sort_values([COL_USER_IDX, COL_ITEM_IDX])
         codes, uniques = pd.factorize(pdf[COL_USER_IDX], sort=True)
         item = pdf[COL_ITEM_IDX].to_numpy(np.int64)
@@ -59,17 +63,29 @@ class TuningData:
             cluster=cluster,
             relevant=pdf["relevant"].to_numpy(bool),
             n_relevant=n_relevant.reindex(uniques).to_numpy(np.int64),
+            extra={c: pdf[c].to_numpy() for c in extra},
         )
 
     @property
     def n_users(self) -> int:
         return len(self.n_relevant)
 
+    def without(self, source: str) -> TuningData:
+        """The same pool with ``source``'s feature left out (its candidates stay in the pool, scored
+        by the other sources: an ablation of the signal, not of the pool)."""
+        keep = [j for j, s in enumerate(self.sources) if s != source]
+        return replace(self, sources=tuple(self.sources[j] for j in keep), features=self.features[:, keep])
+
 
 def ndcg_at_k(data: TuningData, weights: Mapping[str, float], k: int, max_per_cluster: int | None) -> float:
     """Mean NDCG@k over ``data``'s users of the capped top-k of the blended score (the same rule as
     :func:`select_top_n`, and the evaluator's NDCG: binary relevance, IDCG over min(k, |held-out|))."""
     score = data.features @ weight_vector(weights, data.sources) + BACKFILL_EPS * data.prior
+    return ndcg_of_scores(data, score, k, max_per_cluster)
+
+
+def ndcg_of_scores(data: TuningData, score: np.ndarray, k: int, max_per_cluster: int | None) -> float:
+    """:func:`ndcg_at_k` of any score per row of ``data`` (e.g. a learned ranker's)."""
     rank = capped_rank(data.user, data.item, score, data.cluster, k, max_per_cluster)
     top = np.flatnonzero(rank)
     gain = data.relevant[top] / np.log2(rank[top] + 1.0)
@@ -96,6 +112,7 @@ def tune_weights(
     seed: int,
     method: Literal["tpe", "random"] = "tpe",
     start: Mapping[str, float] | None = None,
+    label: str = "blend weights",
 ) -> WeightSearch:
     """Weights in ``[0, 1]`` (the strongest single source fixed at 1, since only ratios matter)
     maximising :func:`ndcg_at_k`, with Optuna; the configured ``start`` and every single source are
@@ -127,7 +144,7 @@ def tune_weights(
     study.optimize(
         objective,
         n_trials=n_trials,
-        callbacks=[progress.optuna_callback("blend weights", n_trials, f"ndcg_at_{k}")],
+        callbacks=[progress.optuna_callback(label, n_trials, f"ndcg_at_{k}")],
     )
     best = {anchor: 1.0, **{s: float(study.best_params[s]) for s in free}}
     return WeightSearch(weights=best, value=float(study.best_value), trials=trials, single_source=single)

@@ -3,21 +3,25 @@
 :func:`candidates` gives each source's top-M unseen items per user in the long format
 (``models/blend.py``'s ``ranked``); :func:`scored_pool` blends them (per-source normalisation, weights,
 cold-start weights, the per-cluster cap) into one row per (user, item) with ``rank`` 1..n on the chosen
-items; :func:`top_n` keeps the chosen rows.
+items, and with a learned ranker (``models/ranker.py``) scores the warm users' rows by it instead;
+:func:`top_n` keeps the chosen rows.
 """
 
 from __future__ import annotations
 
 import math
 from functools import reduce
+from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from watchnext.config import Config
-from watchnext.constants import COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
+from watchnext.constants import COL_ANCHOR_IDX, COL_CLUSTER, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
 from watchnext.models import blend
+from watchnext.models.ease import top_k_ease
 from watchnext.models.knn import user_based_scores
+from watchnext.models.ranker import COL_PREDICTION, predict, ranker_features
 from watchnext.models.topk import topk_from_factors, topk_from_item_scores
 from watchnext.recommend.sources import Sources
 
@@ -34,6 +38,9 @@ def candidates(cfg: Config, src: Sources, users: DataFrame) -> DataFrame:
         if s == "als" and src.user_factors is not None and src.item_factors is not None:
             uf = src.user_factors.join(users, COL_USER_IDX, "left_semi")
             parts.append(blend.ranked(topk_from_factors(uf, src.item_factors, m, seen_u), s))
+        elif s == "ease" and src.ease is not None:
+            cand = top_k_ease(src.ease, src.history, users, m)
+            parts.append(blend.ranked(cand, s, anchor=COL_ANCHOR_IDX))
         elif s == "item" and src.item_neighbors is not None:
             hist = src.history.join(users, COL_USER_IDX, "left_semi")
             cand = blend.item_candidates(src.item_neighbors, hist, m, recent=rc.recent_items)
@@ -72,16 +79,56 @@ def scored_pool(
     weights: dict[str, float],
     item_clusters: DataFrame,
     n: int,
+    ranker: Any | None = None,
 ) -> DataFrame:
     """The blended candidate pool of ``users``: one row per (user, item) with score, dominant source,
     cluster and ``rank`` (1..n in the user's capped top n, null otherwise); users with fewer than
-    ``cold_threshold`` interactions are scored with the cold weights."""
+    ``cold_threshold`` interactions are scored with the cold weights.
+
+    ``ranker``: a fitted learned ranker (``models/ranker.py``): the warm users' rows are then scored
+    by it (the linear blend with ``weights`` is one of its features) and ranked again under the cap;
+    the dominant source (the reason) stays the blend's strongest contribution."""
     rc = cfg.recommend
     users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = candidates(cfg, src, users)
-    counts = src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
+    counts = src.cache(
+        src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
+    )
     rows = users.count() * (len(rc.sources) + 1) * rc.candidates
     parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / POOL_ROWS))
+    pool = linear_pool(cfg, src, cand, weights, item_clusters, n, counts, parts)
+    if ranker is None:
+        return pool
+    feats = ranker_features(
+        pool, rc.sources, weights, trending=src.trending, affinity=src.affinity, counts=counts
+    )
+    scored = predict(ranker, feats, rc.sources)
+    learned = F.when(F.col(blend.COL_COLD), F.col(COL_SCORE)).otherwise(F.col(COL_PREDICTION))
+    return blend.select_top_n(
+        scored.select(
+            *[F.col(c) for c in pool.columns if c not in (COL_SCORE, COL_CLUSTER, COL_RANK)],
+            learned.alias(COL_SCORE),
+        ),
+        item_clusters,
+        n,
+        rc.max_per_cluster,
+        partitions=parts,
+        every=True,
+    )
+
+
+def linear_pool(
+    cfg: Config,
+    src: Sources,
+    cand: DataFrame,
+    weights: dict[str, float],
+    item_clusters: DataFrame,
+    n: int,
+    counts: DataFrame,
+    parts: int,
+) -> DataFrame:
+    """:func:`scored_pool` with the linear blend alone."""
+    rc = cfg.recommend
     return blend.rank_candidates(
         cand,
         rc.sources,
@@ -100,8 +147,14 @@ def scored_pool(
 
 
 def top_n(
-    cfg: Config, src: Sources, users: DataFrame, item_clusters: DataFrame, weights: dict[str, float], n: int
+    cfg: Config,
+    src: Sources,
+    users: DataFrame,
+    item_clusters: DataFrame,
+    weights: dict[str, float],
+    n: int,
+    ranker: Any | None = None,
 ) -> DataFrame:
-    """The blended, capped top ``n`` of ``users``: ``(user_idx, item_idx, score, rank)``."""
-    scored = scored_pool(cfg, src, users, weights, item_clusters, n)
+    """The blended (or learned), capped top ``n`` of ``users``: ``(user_idx, item_idx, score, rank)``."""
+    scored = scored_pool(cfg, src, users, weights, item_clusters, n, ranker)
     return scored.where(F.col(COL_RANK).isNotNull()).select(COL_USER_IDX, COL_ITEM_IDX, COL_SCORE, COL_RANK)

@@ -45,6 +45,7 @@ REASONS = {
     "popular": "Popular on watchnext",
     "backfill": "Popular on watchnext",
     "als": "Picked for your taste",
+    "ease": "Picked for your taste",
     "ncf": "Picked for your taste",
 }
 
@@ -77,7 +78,7 @@ def reason(labels_col: Column, anchor_title: Column) -> Column:
     d = F.col(blend.COL_DOMINANT)
     because = F.concat(F.lit("Because you watched "), anchor_title)
     return (
-        F.when(d.isin("item", "als", "ncf") & anchor_title.isNotNull(), because)
+        F.when(d.isin("item", "ease", "als", "ncf") & anchor_title.isNotNull(), because)
         .when((d == "cluster") & labels_col.isNotNull(), F.concat(F.lit("Popular in "), labels_col))
         .when(d.isin(*REASONS), F.create_map(*[F.lit(x) for kv in REASONS.items() for x in kv])[d])
         .otherwise(F.lit(REASONS["popular"]))

@@ -1,7 +1,8 @@
 """The recommend path's candidate sources: fitted on a history (offline levels) or read as published.
 
 A :class:`Sources` holds what every candidate source needs, all fitted on (or published for) the same
-history: ALS factors, item and user neighbours, cluster affinity, popularity, trending, NCF scores.
+history: ALS factors, EASE, item and user neighbours, cluster affinity, popularity, trending, NCF
+scores.
 :func:`fit_sources` fits them on a train split (reading the train-split models the als and similarities
 stages stored, when asked); :func:`published_sources` reads what the earlier stages published for a
 run date.
@@ -42,6 +43,7 @@ from watchnext.evaluation import protocol
 from watchnext.models.als import AlsParams, factor_frames, fit_als
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.clusters import user_cluster_affinity
+from watchnext.models.ease import EaseModel, fit_ease
 from watchnext.models.neighbors import item_neighbors, user_neighbors, warm_items
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Sources:
     user_neighbors: DataFrame | None = None  # (user_idx, neighbor_idx, score)
     affinity: DataFrame | None = None  # (user_idx, cluster_id, share)
     ncf: DataFrame | None = None  # (user_idx, item_idx, score) candidate pairs scored by NCF
+    ease: EaseModel | None = None  # the closed-form item model, fitted on ``history``
     item_clusters: DataFrame | None = None  # (item_idx, cluster_id)
     cached: list[DataFrame] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)  # model -> "stored" (read) | "fitted"
@@ -135,6 +138,7 @@ def fit_sources(
             src.user_neighbors = read_neighbors(protocol.EVAL_USER_COOCCURRENCE, COL_USER_IDX)
             if src.user_neighbors is None:
                 src.user_neighbors = user_neighbors("cooccurrence", history, sim)
+    fit_ease_source(cfg, src)
     if "cluster" in rc.sources:
         src.affinity = user_cluster_affinity(
             history.select(COL_USER, COL_USER_IDX, COL_ITEM),
@@ -178,6 +182,7 @@ def published_sources(
         src.affinity = read_published(spark, cfg, TABLE_USER_CLUSTER_AFFINITY, run_date).select(
             COL_USER_IDX, COL_CLUSTER, COL_SHARE
         )
+    fit_ease_source(cfg, src)
     if "ncf" in rc.sources:
         path = cfg.table_path(TABLE_NCF_SCORES)
         if tables.exists(spark, path):
@@ -187,6 +192,17 @@ def published_sources(
         else:
             log.warning("recommend.sources has 'ncf' but there is no %s table: blending without it", path)
     return src
+
+
+def fit_ease_source(cfg: Config, src: Sources) -> None:
+    """EASE on the sources' history when ``recommend.sources`` has it (no stage publishes EASE: it is
+    a closed-form solve, fitted where it is used)."""
+    if "ease" in cfg.recommend.sources:
+        e = cfg.recommend.ease
+        src.ease = fit_ease(
+            src.history, e.reg, max_items=e.max_items, min_item_interactions=e.min_item_interactions
+        )
+        src.origin["ease"] = "fitted"
 
 
 def read_published(spark: SparkSession, cfg: Config, table: str, run_date: dt.date) -> DataFrame:

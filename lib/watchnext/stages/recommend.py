@@ -66,13 +66,16 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
 )
 from watchnext.evaluation import protocol
+from watchnext.models.ease import top_k_ease
 from watchnext.recommend import candidates, publish, registry
 from watchnext.recommend.sources import Sources, fit_sources, published_sources, read_published
 from watchnext.recommend.tune import BlendTuning, tune_blend
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "blend"
+MODEL_NAME = "blend"  # the published recipe (learned ranker, linear blend or single source), offline
+LINEAR_MODEL_NAME = "linear_blend"  # the tuned linear blend, scored beside a learned recipe
+EASE_MODEL_NAME = "ease"
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -99,11 +102,15 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 
         # 1. weights tuned on a validation split of train
         ts = time.perf_counter()
-        weights = dict(rc.weights)
+        weights, ranker, recipe = dict(rc.weights), None, "linear"
         if rc.tuning.enabled:
             tuned = tune_blend(cfg, train, item_clusters, als_params)
             _log_tuning(tuned)
-            weights, summary["tuning"] = tuned.weights, tuned.summary()
+            summary["ranker_version"] = _log_ranker(cfg, tuned)
+            weights, ranker, recipe = tuned.weights, tuned.ranker, tuned.recipe
+            summary["tuning"] = tuned.summary()
+        summary["recipe"] = recipe
+        tracking.log_params({"blend.recipe": recipe})
         summary["weights"] = {s: round(w, 4) for s, w in weights.items()}
         summary["tuning_seconds"] = round(time.perf_counter() - ts, 2)
         tracking.log_params({f"blend.weight.{s}": w for s, w in weights.items()})
@@ -113,8 +120,15 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         k = max(cfg.evaluation.ks + [cfg.evaluation.k])
         offline = fit_sources(cfg, train, item_clusters, als_params, stored=(spark, run_date))
         sources.append(offline)
-        recs = candidates.top_n(cfg, offline, test.select(COL_USER_IDX), item_clusters, weights, k)
+        test_users = test.select(COL_USER_IDX)
+        recs = candidates.top_n(cfg, offline, test_users, item_clusters, weights, k, ranker)
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
+        if recipe != "linear" and rc.tuning.enabled:  # the linear blend scored beside the recipe
+            linear = candidates.top_n(cfg, offline, test_users, item_clusters, tuned.search.weights, k)
+            protocol.write_recommendations(linear, cfg, LINEAR_MODEL_NAME, run_date, run_id)
+        if offline.ease is not None:  # EASE has no stage of its own: its offline lists come from here
+            ease = top_k_ease(offline.ease, offline.history, test_users, k)
+            protocol.write_recommendations(ease, cfg, EASE_MODEL_NAME, run_date, run_id)
         offline.release()
         summary["offline_models"] = dict(offline.origin)
         log.info("offline blend: train-split models %s", offline.origin)
@@ -126,7 +140,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         sources.append(published)
         users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
         scored = candidates.scored_pool(
-            cfg, published, users.select(COL_USER_IDX), weights, item_clusters, rc.n
+            cfg, published, users.select(COL_USER_IDX), weights, item_clusters, rc.n, ranker
         ).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(scored)
         top = scored.where(F.col(COL_RANK).isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
@@ -181,6 +195,26 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     return summary
 
 
+def _log_ranker(cfg: Config, tuned: BlendTuning) -> str | None:
+    """The trained ranker to the stage's MLflow run (booster, importances); registered as
+    ``recommend.learned.registered_model`` when it is the published recipe."""
+    if tuned.trained is None or not cfg.mlflow.enabled:
+        return None
+    import mlflow
+
+    booster = tuned.trained.get_booster()
+    tracking.log_dict(
+        {"importances": tuned.importances, "best_iteration": tuned.best_iteration, "recipe": tuned.recipe},
+        "ranker.json",
+    )
+    name = cfg.recommend.learned.registered_model if tuned.recipe == "learned" else None
+    info = mlflow.xgboost.log_model(booster, name="ranker", registered_model_name=name)
+    version = info.registered_model_version
+    if version is not None:
+        log.info("registered %s version %s", name, version)
+    return None if version is None else str(version)
+
+
 def _log_tuning(tuned: BlendTuning) -> None:
     """The weight search to MLflow (each trial's value as a step) and the log."""
     k, search = tuned.k, tuned.search
@@ -196,6 +230,24 @@ def _log_tuning(tuned: BlendTuning) -> None:
     tracking.log_dict(
         {"weights": search.weights, "single_source": search.single_source}, "blend_weights.json"
     )
+    if tuned.holdout:
+        tracking.log_metrics({f"holdout.{r}.ndcg_at_{k}": v for r, v in tuned.holdout.items()})
+        log.info(
+            "recipe %s; held-back NDCG@%d: %s",
+            tuned.recipe,
+            k,
+            ", ".join(f"{r} {v:.4f}" for r, v in sorted(tuned.holdout.items(), key=lambda kv: -kv[1])),
+        )
+    if tuned.leave_one_out:
+        tracking.log_metrics({f"holdout.without.{s}.ndcg_at_{k}": v for s, v in tuned.leave_one_out.items()})
+        log.info(
+            "held-back NDCG@%d of the linear blend without each source (with all: %.4f): %s",
+            k,
+            tuned.holdout.get("linear", float("nan")),
+            ", ".join(f"{s} {v:.4f}" for s, v in tuned.leave_one_out.items()),
+        )
+    if tuned.importances:
+        tracking.log_metrics({f"ranker.importance.{f}": v for f, v in tuned.importances.items()})
     log.info(
         "blend weights %s: validation NDCG@%d %.4f (configured %.4f; single sources %s)",
         search.weights,

@@ -299,9 +299,10 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
     stored = pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
     # The offline blend read the train-split models the als and similarities stages stored for RUN_DATE,
     # and fitted them for OTHER_DATE (nothing stored for it): the same lists either way.
+    # EASE has no stage of its own: it is fitted where it is used, both times.
     models = ["als", "item_cooccurrence", "user_cooccurrence"]
-    assert stored["offline_models"] == dict.fromkeys(models, "stored")
-    assert fitted["offline_models"] == dict.fromkeys(models, "fitted")
+    assert stored["offline_models"] == {**dict.fromkeys(models, "stored"), "ease": "fitted"}
+    assert fitted["offline_models"] == {**dict.fromkeys(models, "fitted"), "ease": "fitted"}
 
     def blend(d: dt.date) -> DataFrame:
         return (

@@ -106,6 +106,12 @@ def test_learned_ranker_beats_the_linear_blend_and_every_source_on_planted_data(
     assert learned >= linear + MARGIN, (learned, linear)
     assert learned >= max(single.values()) + MARGIN, (learned, single)
     assert pick_recipe({**single, "linear": linear, "learned": learned}, SOURCES) == "learned"
+    # A rerun on the same rows, arriving in other partitions and order, trains the same trees.
+    again = fit_ranker(
+        rows.repartition(3, "item_idx"), SOURCES, RankerParams(n_estimators=200, min_child_weight=1.0, seed=0)
+    )
+    pred_again = predict(again, feats.where("user_idx >= 160"), SOURCES)
+    assertDataFrameEqual(pred_again.select("user_idx", "item_idx", COL_PREDICTION), pred)
     gains = importances(model, SOURCES)
     assert set(gains) == set(feature_names(SOURCES))
     assert gains["activity"] > 0.05  # the feature that tells the two kinds of user apart

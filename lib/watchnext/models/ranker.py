@@ -140,13 +140,23 @@ def fit_ranker(train: DataFrame, sources: Sequence[str], params: RankerParams) -
         reg_lambda=params.reg_lambda,
         random_state=params.seed,
     )
+    # One partition per worker, rows sorted by (user, item) and materialised (the optimizer would
+    # otherwise drop this sort under the estimator's own sort by user): the estimator then neither
+    # repartitions nor reorders (its sort is stable on sorted input), so a rerun sees the same rows
+    # in the same order and trains the same trees.
     data = train.select(
         F.col(COL_USER_IDX).cast("long").alias(COL_USER_IDX),
+        F.col(COL_ITEM_IDX),
         F.col(COL_LABEL).cast("double").alias(COL_LABEL),
         F.col(COL_VALIDATION).cast("boolean").alias(COL_VALIDATION),
         *[F.coalesce(F.col(c), F.lit(float("nan"))).alias(c) for c in cols],
     )
-    return ranker.fit(data)
+    ordered = (
+        data.repartitionByRange(params.num_workers, COL_USER_IDX)
+        .sortWithinPartitions(COL_USER_IDX, COL_ITEM_IDX)
+        .localCheckpoint(eager=True)
+    )
+    return ranker.fit(ordered)
 
 
 def predict(model: Any, df: DataFrame, sources: Sequence[str]) -> DataFrame:

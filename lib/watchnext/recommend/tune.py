@@ -251,7 +251,7 @@ def _choose(
                 tuning.without(s),
                 k,
                 cap,
-                n_trials=max(10, t.n_trials // 3),
+                n_trials=max(10, t.n_trials // 6),
                 seed=t.seed,
                 method=t.method,
                 label=f"blend without {s}",

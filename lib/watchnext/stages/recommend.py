@@ -207,12 +207,20 @@ def _log_ranker(cfg: Config, tuned: BlendTuning) -> str | None:
         {"importances": tuned.importances, "best_iteration": tuned.best_iteration, "recipe": tuned.recipe},
         "ranker.json",
     )
-    name = cfg.recommend.learned.registered_model if tuned.recipe == "learned" else None
-    info = mlflow.xgboost.log_model(booster, name="ranker", registered_model_name=name)
-    version = info.registered_model_version
-    if version is not None:
-        log.info("registered %s version %s", name, version)
-    return None if version is None else str(version)
+    if tuned.recipe != "learned":  # kept for inspection, not served: the booster as JSON only
+        tracking.log_text(bytes(booster.save_raw("json")).decode(), "ranker/booster.json")
+        return None
+    import xgboost
+
+    name = cfg.recommend.learned.registered_model
+    info = mlflow.xgboost.log_model(
+        booster,
+        name="ranker",
+        registered_model_name=name,
+        pip_requirements=[f"xgboost-cpu=={xgboost.__version__}"],  # no environment inference
+    )
+    log.info("registered %s version %s", name, info.registered_model_version)
+    return str(info.registered_model_version)
 
 
 def _log_tuning(tuned: BlendTuning) -> None:

@@ -112,11 +112,12 @@ def tune_weights(
     seed: int,
     method: Literal["tpe", "random"] = "tpe",
     start: Mapping[str, float] | None = None,
-    label: str = "blend weights",
+    label: str | None = "blend weights",
 ) -> WeightSearch:
     """Weights in ``[0, 1]`` (the strongest single source fixed at 1, since only ratios matter)
     maximising :func:`ndcg_at_k`, with Optuna; the configured ``start`` and every single source are
-    enqueued as the first trials, so the result is never worse than any of them on ``data``."""
+    enqueued as the first trials, so the result is never worse than any of them on ``data``.
+    ``label``: the search's name in the run's progress view (None: not reported)."""
     import optuna
 
     single = {s: ndcg_at_k(data, {s: 1.0}, k, max_per_cluster) for s in data.sources}
@@ -144,7 +145,7 @@ def tune_weights(
     study.optimize(
         objective,
         n_trials=n_trials,
-        callbacks=[progress.optuna_callback(label, n_trials, f"ndcg_at_{k}")],
+        callbacks=[progress.optuna_callback(label, n_trials, f"ndcg_at_{k}")] if label else [],
     )
     best = {anchor: 1.0, **{s: float(study.best_params[s]) for s in free}}
     return WeightSearch(weights=best, value=float(study.best_value), trials=trials, single_source=single)

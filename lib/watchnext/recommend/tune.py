@@ -254,7 +254,7 @@ def _choose(
                 n_trials=max(10, t.n_trials // 6),
                 seed=t.seed,
                 method=t.method,
-                label=f"blend without {s}",
+                label=None,  # an ablation: not a search the console follows
             ).weights
             loo[s] = blend_tuning.ndcg_at_k(hold.without(s), w, k, cap)
     return BlendTuning(

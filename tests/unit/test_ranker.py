@@ -14,12 +14,12 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from watchnext.config import LearnedRankerConfig
 from watchnext.models import blend_tuning
 from watchnext.models.ranker import (
     COL_LABEL,
     COL_PREDICTION,
     COL_VALIDATION,
-    RankerParams,
     feature_names,
     fit_ranker,
     importances,
@@ -93,7 +93,8 @@ def test_learned_ranker_beats_the_linear_blend_and_every_source_on_planted_data(
     rows = feats.where("user_idx < 160").selectExpr(
         "*", f"cast(relevant as double) as {COL_LABEL}", f"user_idx % 5 = 0 as {COL_VALIDATION}"
     )
-    model = fit_ranker(rows, SOURCES, RankerParams(n_estimators=200, min_child_weight=1.0, seed=0))
+    params = LearnedRankerConfig(n_estimators=200, min_child_weight=1.0)
+    model = fit_ranker(rows, SOURCES, params, seed=0)
     pred = predict(model, feats.where("user_idx >= 160"), SOURCES).select(
         "user_idx", "item_idx", COL_PREDICTION
     )
@@ -108,7 +109,10 @@ def test_learned_ranker_beats_the_linear_blend_and_every_source_on_planted_data(
     assert pick_recipe({**single, "linear": linear, "learned": learned}, SOURCES) == "learned"
     # A rerun on the same rows, arriving in other partitions and order, trains the same trees.
     again = fit_ranker(
-        rows.repartition(3, "item_idx"), SOURCES, RankerParams(n_estimators=200, min_child_weight=1.0, seed=0)
+        rows.repartition(3, "item_idx"),
+        SOURCES,
+        LearnedRankerConfig(n_estimators=200, min_child_weight=1.0),
+        seed=0,
     )
     pred_again = predict(again, feats.where("user_idx >= 160"), SOURCES)
     assertDataFrameEqual(pred_again.select("user_idx", "item_idx", COL_PREDICTION), pred)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from watchnext.checks import require_columns
+from watchnext.config import LearnedRankerConfig
 from watchnext.constants import COL_CLUSTER, COL_ITEM_IDX, COL_SCORE, COL_SHARE, COL_SOURCES, COL_USER_IDX
 from watchnext.kernels import weight_vector
 from watchnext.models.blend import BACKFILL_EPS, COL_PRIOR, feature
@@ -99,24 +99,10 @@ def ranker_features(
     return out.withColumns({k: v.cast("double") for k, v in feats.items()})
 
 
-@dataclass(frozen=True)
-class RankerParams:
-    """XGBoost parameters of the ranker (config ``recommend.learned``)."""
-
-    max_depth: int = 4
-    learning_rate: float = 0.05
-    n_estimators: int = 300
-    early_stopping_rounds: int = 30
-    min_child_weight: float = 10.0
-    subsample: float = 0.8
-    reg_lambda: float = 1.0
-    num_workers: int = 1
-    seed: int = 0
-
-
-def fit_ranker(train: DataFrame, sources: Sequence[str], params: RankerParams) -> Any:
+def fit_ranker(train: DataFrame, sources: Sequence[str], params: LearnedRankerConfig, seed: int = 0) -> Any:
     """A ``SparkXGBRankerModel`` on ``train`` (:func:`ranker_features` columns, ``label`` 0/1 and
-    ``is_validation``: the rows of the early-stopping users), one query per user."""
+    ``is_validation``: the rows of the early-stopping users), one query per user; ``params``: config
+    ``recommend.learned``."""
     from xgboost.spark import SparkXGBRanker
 
     cols = feature_names(sources)
@@ -138,7 +124,7 @@ def fit_ranker(train: DataFrame, sources: Sequence[str], params: RankerParams) -
         min_child_weight=params.min_child_weight,
         subsample=params.subsample,
         reg_lambda=params.reg_lambda,
-        random_state=params.seed,
+        random_state=seed,
     )
     # One partition per worker, rows sorted by (user, item) and materialised (the optimizer would
     # otherwise drop this sort under the estimator's own sort by user): the estimator then neither

@@ -91,9 +91,7 @@ def scored_pool(
     rc = cfg.recommend
     users = src.cache(users.select(COL_USER_IDX).distinct())
     cand = candidates(cfg, src, users)
-    counts = src.cache(
-        src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
-    )
+    counts = src.user_counts()
     rows = users.count() * (len(rc.sources) + 1) * rc.candidates
     parts = max(cfg.spark.shuffle_partitions, math.ceil(rows / POOL_ROWS))
     pool = linear_pool(cfg, src, cand, weights, item_clusters, n, counts, parts)

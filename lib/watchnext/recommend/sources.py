@@ -42,6 +42,7 @@ from watchnext.constants import (
 from watchnext.evaluation import protocol
 from watchnext.models.als import AlsParams, factor_frames, fit_als
 from watchnext.models.baselines import popularity_scores, trending_scores
+from watchnext.models.blend import COL_COUNT
 from watchnext.models.clusters import user_cluster_affinity
 from watchnext.models.ease import EaseModel, fit_ease
 from watchnext.models.neighbors import item_neighbors, user_neighbors, warm_items
@@ -66,6 +67,7 @@ class Sources:
     item_clusters: DataFrame | None = None  # (item_idx, cluster_id)
     cached: list[DataFrame] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)  # model -> "stored" (read) | "fitted"
+    _counts: DataFrame | None = field(default=None, repr=False)
 
     def cache(self, df: DataFrame) -> DataFrame:
         """Persist ``df`` until :meth:`release`: frames that several candidate branches read (popularity,
@@ -74,10 +76,20 @@ class Sources:
         self.cached.append(df)
         return df
 
+    def user_counts(self) -> DataFrame:
+        """``(user_idx, count)``: each user's distinct items in ``history`` (the cold flag, the
+        ranker's activity), computed once per :class:`Sources`."""
+        if self._counts is None:
+            self._counts = self.cache(
+                self.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(COL_COUNT))
+            )
+        return self._counts
+
     def release(self) -> None:
         for df in self.cached:
             df.unpersist()
         self.cached.clear()
+        self._counts = None
 
 
 def fit_sources(

@@ -27,7 +27,6 @@ from watchnext.models.ranker import (
     COL_LABEL,
     COL_PREDICTION,
     COL_VALIDATION,
-    RankerParams,
     best_iteration,
     fit_ranker,
     importances,
@@ -36,7 +35,7 @@ from watchnext.models.ranker import (
 )
 from watchnext.models.tuning import validation_split
 from watchnext.recommend.candidates import scored_pool
-from watchnext.recommend.sources import Sources, fit_sources
+from watchnext.recommend.sources import fit_sources
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +123,17 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
         trained = None
         held_rows = rows[held]
         if rc.ranker == "learned":
-            trained = _fit_ranker(cfg, rows_df, search.weights, src, t.seed)
-            pred = predict(
-                trained,
-                ranker_features(
-                    rows_df.where(F.col(_HELD)),
-                    rc.sources,
-                    search.weights,
-                    trending=src.trending,
-                    affinity=src.affinity,
-                    counts=_counts(src),
-                ),
+            ranked = ranker_features(
+                rows_df,
                 rc.sources,
-            ).select(COL_USER_IDX, COL_ITEM_IDX, COL_PREDICTION)
+                search.weights,
+                trending=src.trending,
+                affinity=src.affinity,
+                counts=src.user_counts(),
+            )
+            trained = _fit_ranker(cfg, ranked.where(~F.col(_HELD)), t.seed)
+            pred = predict(trained, ranked.where(F.col(_HELD)), rc.sources)
+            pred = pred.select(COL_USER_IDX, COL_ITEM_IDX, COL_PREDICTION)
             held_rows = held_rows.merge(pred.toPandas(), on=[COL_USER_IDX, COL_ITEM_IDX], how="left")
         hold = blend_tuning.TuningData.from_pandas(
             held_rows, n_rel, rc.sources, extra=[COL_PREDICTION] if trained is not None else []
@@ -158,37 +155,16 @@ def _slice(seed: int, share: float, salt: int = 0) -> Column:
     return u < share
 
 
-def _counts(src: Sources) -> DataFrame:
-    return src.history.groupBy(COL_USER_IDX).agg(F.countDistinct(COL_ITEM_IDX).alias(blend.COL_COUNT))
-
-
-def _fit_ranker(cfg: Config, rows: DataFrame, weights: dict[str, float], src: Sources, seed: int) -> Any:
-    """The ranker on the tuning users' rows (not the held-back ones), early-stopped on a slice."""
-    rc, lc = cfg.recommend, cfg.recommend.learned
-    train = ranker_features(
-        rows.where(~F.col(_HELD)),
-        rc.sources,
-        weights,
-        trending=src.trending,
-        affinity=src.affinity,
-        counts=_counts(src),
-    ).select(
+def _fit_ranker(cfg: Config, rows: DataFrame, seed: int) -> Any:
+    """The ranker on the tuning users' feature rows (not the held-back ones), early-stopped on a
+    slice of them."""
+    lc = cfg.recommend.learned
+    train = rows.select(
         "*",
         F.col("relevant").cast("double").alias(COL_LABEL),
         _slice(seed, lc.early_stopping_share, salt=1).alias(COL_VALIDATION),
     )
-    params = RankerParams(
-        max_depth=lc.max_depth,
-        learning_rate=lc.learning_rate,
-        n_estimators=lc.n_estimators,
-        early_stopping_rounds=lc.early_stopping_rounds,
-        min_child_weight=lc.min_child_weight,
-        subsample=lc.subsample,
-        reg_lambda=lc.reg_lambda,
-        num_workers=lc.num_workers,
-        seed=seed,
-    )
-    return fit_ranker(train, rc.sources, params)
+    return fit_ranker(train, cfg.recommend.sources, lc, seed)
 
 
 def pick_recipe(scores: Mapping[str, float], sources: Sequence[str], k: int = 10, users: int = 0) -> str:

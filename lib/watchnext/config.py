@@ -348,6 +348,8 @@ class EaseConfig(_Strict):
     reg: float = Field(500.0, gt=0)  # lambda: the L2 penalty on the item x item weights
     max_items: int = Field(10_000, ge=1)  # size limit of the dense solve: the most-interacted items
     min_item_interactions: int = Field(2, ge=1)  # rarer items get no EASE score
+    session_weight: float = Field(2.0, ge=0)  # weight of the session Gram (0: plain EASE)
+    session_seconds: float = Field(300.0, gt=0)  # its time constant: items this close count most
 
 
 class BlendTuningConfig(_Strict):

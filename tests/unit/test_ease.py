@@ -1,5 +1,5 @@
 """EASE against the closed form in numpy: the weights, the top-K lists with their anchors, the size
-limit's fallback and the users it cannot score."""
+limit's fallback and the users it cannot score; the session Gram against a brute-force kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from watchnext.models.ease import fit_ease, top_k_ease
+from watchnext.models.ease import SESSION_SPAN, fit_ease, session_gram, top_k_ease
 
 pytestmark = [pytest.mark.spark]
 
@@ -102,3 +102,89 @@ def test_bad_parameters_name_the_problem(spark: SparkSession) -> None:
         fit_ease(df, 0.0)
     with pytest.raises(ValueError, match="max_items"):
         fit_ease(df, 1.0, max_items=0)
+    with pytest.raises(ValueError, match="session_weight >= 0"):
+        fit_ease(df, 1.0, session_weight=-1.0)
+    with pytest.raises(ValueError, match="timestamp"):  # sessions need the times
+        fit_ease(df, 1.0, session_weight=1.0)
+    untimed = spark.createDataFrame(
+        [(0, 1, None), (1, 1, None), (1, 2, None)], "user_idx int, item_idx int, timestamp timestamp"
+    )
+    with pytest.raises(ValueError, match="without a timestamp"):
+        fit_ease(untimed, 1.0, session_weight=1.0, min_item_interactions=1)
+
+
+def _timed_history(seed: int, n_users: int = 40, n_items: int = 30) -> pd.DataFrame:
+    """Each user's items in a few sessions: bursts of items seconds to minutes apart, days between."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(n_items, size=int(rng.integers(3, 15)), replace=False)
+        session_starts = rng.integers(0, 30, size=3) * 86_400
+        for i in items:
+            rows.append((u, int(i), int(rng.choice(session_starts) + rng.integers(0, 1_800))))
+    return pd.DataFrame(rows, columns=["user_idx", "item_idx", "seconds"])
+
+
+def _brute_session_gram(h: pd.DataFrame, n: int, window: float) -> np.ndarray:
+    t = np.zeros((n, n))
+    for _, g in h.groupby("user_idx"):
+        secs = g.seconds.to_numpy(np.float64)
+        dt = np.abs(secs[:, None] - secs[None, :])
+        k = np.where(dt <= SESSION_SPAN * window, np.exp(-dt / window), 0.0)
+        np.fill_diagonal(k, 0.0)
+        t[np.ix_(g.item_idx, g.item_idx)] += k
+    return t
+
+
+def test_session_gram_is_the_kernel_over_each_users_close_pairs() -> None:
+    h = _timed_history(3)
+    got = session_gram(h.user_idx.to_numpy(), h.item_idx.to_numpy(), h.seconds.to_numpy(), 30, 120.0)
+    want = _brute_session_gram(h, 30, 120.0)
+    assert want.sum() > 0 and (want == 0).sum() > 0  # the data has close and distant pairs
+    np.testing.assert_allclose(got.toarray(), want, atol=1e-12)
+    # the input's row order does not matter
+    perm = np.random.default_rng(0).permutation(len(h))
+    again = session_gram(*(h[c].to_numpy()[perm] for c in ("user_idx", "item_idx", "seconds")), 30, 120.0)
+    np.testing.assert_array_equal(again.toarray(), got.toarray())
+
+
+def test_session_weights_are_the_closed_form_of_the_augmented_gram(spark: SparkSession) -> None:
+    h = _timed_history(4)
+    # a repeat of a pair, later: the pair's time is its first one
+    repeat = h.iloc[[0]].assign(seconds=h.seconds.iloc[0] + 50 * 86_400)
+    df = spark.createDataFrame(pd.concat([h, repeat])).selectExpr(
+        "user_idx", "item_idx", "timestamp_seconds(seconds) AS timestamp"
+    )
+    model = fit_ease(df, 4.0, min_item_interactions=1, session_weight=3.0, session_seconds=200.0)
+    ids = np.unique(h.item_idx)
+    users = np.unique(h.user_idx)
+    x = np.zeros((len(users), len(ids)))
+    x[np.searchsorted(users, h.user_idx), np.searchsorted(ids, h.item_idx)] = 1.0
+    local = h.assign(item_idx=np.searchsorted(ids, h.item_idx))
+    g = x.T @ x + 3.0 * _brute_session_gram(local, len(ids), 200.0) + 4.0 * np.eye(len(ids))
+    p = np.linalg.inv(g)
+    b = p / -np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights, b, atol=1e-6)
+
+
+def test_sessions_put_the_item_taken_together_first(spark: SparkSession) -> None:
+    """Items 1 and 2 are each taken with item 0 by ten users: 1 weeks later, 2 minutes later. Plain
+    EASE cannot tell them apart (the tie goes to the smaller id, 1); with sessions 2 comes first."""
+    rows = []
+    for u in range(10):
+        base = u * 1_000_000
+        rows += [(u, 0, base), (u, 1, base + 14 * 86_400), (20 + u, 0, base), (20 + u, 2, base + 120)]
+    rows += [(99, 0, 0)]
+    df = spark.createDataFrame(rows, "user_idx int, item_idx int, seconds long").selectExpr(
+        "user_idx", "item_idx", "timestamp_seconds(seconds) AS timestamp"
+    )
+    newcomer = spark.createDataFrame([(99,)], "user_idx int")
+
+    def first(session_weight: float) -> list[int]:
+        model = fit_ease(df, 1.0, min_item_interactions=1, session_weight=session_weight)
+        got = top_k_ease(model, df, newcomer, 2).orderBy("rank").toPandas()
+        return got.item_idx.tolist()
+
+    assert first(0.0) == [1, 2]
+    assert first(2.0) == [2, 1]

@@ -17,6 +17,21 @@ out). Items with fewer than ``min_item_interactions`` interactions are left out 
 Arrow int32 pairs (8 bytes a pair: 160 MB at 20M interactions), with scipy's sparse product; the item
 counts that choose the kept items are a Spark aggregate.
 
+**Sessions.** Two items a user took within minutes of each other are stronger evidence of a shared
+taste than two items taken years apart, and plain co-occurrence counts both the same. With
+``session_weight`` ``w > 0`` the solve uses ``X^T X + w T`` with the session Gram
+
+    ``T_ij = sum over users u of exp(-|t_ui - t_uj| / session_seconds)``,  ``i != j``,
+
+over the pairs of a user's items less than ``SESSION_SPAN`` time constants apart (their first
+interaction's time; the kernel is below 0.7 % beyond). :func:`session_gram` walks each user's time-sorted
+items once per offset, dropping a pair start as soon as its next neighbour is out of reach, so the work is
+the number of close pairs, not ``sum n_u^2``. On ml-latest-small (the quality bar's protocol) the session
+term (5 minutes, ``w = 2``) lifts EASE from 0.407 to about 0.436 NDCG@10 and the validation split from
+0.201 to 0.216 (docs/quality.md); on data without sessions (timestamps spread at random, as the synthetic
+generator's) ``T`` is nearly zero and the model is plain EASE. The timestamps travel as int64 seconds
+(8 more bytes a pair).
+
 **Scoring.** :func:`top_k_ease` sends each user's seen items as one list; a task multiplies a block of
 users' sparse rows by the broadcast ``B`` and keeps each user's top K unseen items
 (``models/topk.py``'s ``top_positions``).
@@ -36,13 +51,23 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from watchnext.checks import require_columns
-from watchnext.constants import COL_ANCHOR_IDX, COL_ITEM_IDX, COL_RANK, COL_SCORE, COL_USER_IDX
+from watchnext.constants import (
+    COL_ANCHOR_IDX,
+    COL_ITEM_IDX,
+    COL_RANK,
+    COL_SCORE,
+    COL_TIMESTAMP,
+    COL_USER_IDX,
+)
 from watchnext.kernels import lookup_sorted
 from watchnext.models.topk import block_rows_for, top_positions
 
 log = logging.getLogger(__name__)
 
 _SEEN = "_seen"
+_SECONDS = "_seconds"
+SESSION_SPAN = 5.0  # time constants: pairs further apart add nothing to the session Gram
+_FLUSH_PAIRS = 4_000_000  # session pairs buffered before they are summed into the sparse Gram
 
 
 @dataclass(frozen=True)
@@ -64,14 +89,28 @@ def fit_ease(
     *,
     max_items: int = 10_000,
     min_item_interactions: int = 2,
+    session_weight: float = 0.0,
+    session_seconds: float = 300.0,
 ) -> EaseModel:
-    """EASE on the distinct ``(user_idx, item_idx)`` pairs of ``history`` (module docstring)."""
+    """EASE on the distinct ``(user_idx, item_idx)`` pairs of ``history`` (module docstring), with the
+    session Gram weighted ``session_weight`` when that is above 0 (``history`` then needs
+    ``timestamp``: the first one of a pair is its time)."""
     if reg <= 0:
         raise ValueError(f"EASE needs reg > 0, got {reg}")
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
-    require_columns(history, [COL_USER_IDX, COL_ITEM_IDX], "history")
-    pairs = history.select(COL_USER_IDX, COL_ITEM_IDX).distinct()
+    if session_weight < 0 or session_seconds <= 0:
+        raise ValueError(
+            f"EASE needs session_weight >= 0 and session_seconds > 0, got {session_weight}, {session_seconds}"
+        )
+    sessions = session_weight > 0
+    require_columns(history, [COL_USER_IDX, COL_ITEM_IDX] + ([COL_TIMESTAMP] if sessions else []), "history")
+    if sessions:
+        pairs = history.groupBy(COL_USER_IDX, COL_ITEM_IDX).agg(
+            F.min(F.unix_timestamp(COL_TIMESTAMP)).alias(_SECONDS)
+        )
+    else:
+        pairs = history.select(COL_USER_IDX, COL_ITEM_IDX).distinct()
     counts = pairs.groupBy(COL_ITEM_IDX).count().where(F.col("count") >= min_item_interactions)
     ranked = counts.orderBy(F.col("count").desc(), F.col(COL_ITEM_IDX)).limit(max_items)
     total = pairs.select(COL_ITEM_IDX).distinct().count()
@@ -96,11 +135,50 @@ def fit_ease(
         (np.ones(len(items), np.float64), (rows, np.searchsorted(ids, items))), shape=(rows.max() + 1, n)
     )
     gram = (x.T @ x).toarray()
+    if sessions:
+        if kept.column(_SECONDS).null_count:
+            raise ValueError("EASE session_weight > 0: history has rows without a timestamp")
+        seconds = kept.column(_SECONDS).to_numpy().astype(np.int64)
+        t = session_gram(rows, np.searchsorted(ids, items), seconds, n, session_seconds)
+        gram += session_weight * t.toarray()
     gram[np.diag_indices(n)] += reg
     p = np.linalg.inv(gram)
     b = p / -np.diag(p)
     b[np.diag_indices(n)] = 0.0
     return EaseModel(ids, b.astype(np.float32), left_out)
+
+
+def session_gram(
+    users: np.ndarray, items: np.ndarray, seconds: np.ndarray, n: int, window: float
+) -> sp.csr_matrix:
+    """The symmetric ``(n, n)`` session Gram (module docstring) of the interactions
+    ``(users[r], items[r], seconds[r])``, one row per distinct ``(user, item)``; ``items`` in ``0..n-1``.
+
+    Pairs ``(r, r + d)`` of the user's time-sorted rows are taken for ``d = 1, 2, ...``; a row stays a
+    pair start only while its ``d``-th successor is the same user's and within reach, since a farther
+    successor is then out of reach too."""
+    order = np.lexsort((items, seconds, users))  # a fixed order: the sums do not depend on the input's
+    u, p, t = users[order], items[order], seconds[order].astype(np.float64)
+    reach = SESSION_SPAN * window
+    gram = sp.csr_matrix((n, n), dtype=np.float64)
+    buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    buffered = 0
+    start = np.arange(len(u) - 1)
+    d = 1
+    while start.size:
+        start = start[start + d < len(u)]
+        nxt = start + d
+        dt = t[nxt] - t[start]
+        ok = (u[nxt] == u[start]) & (dt <= reach)
+        start, nxt, dt = start[ok], nxt[ok], dt[ok]
+        buf.append((p[start], p[nxt], np.exp(-dt / window)))
+        buffered += start.size
+        if buffered >= _FLUSH_PAIRS or not start.size:
+            r, c, v = (np.concatenate(x) for x in zip(*buf, strict=True))
+            gram = gram + sp.csr_matrix((v, (r, c)), shape=(n, n))
+            buf, buffered = [], 0
+        d += 1
+    return gram + gram.T
 
 
 def top_k_ease(model: EaseModel, history: DataFrame, users: DataFrame, k: int) -> DataFrame:

@@ -212,7 +212,12 @@ def fit_ease_source(cfg: Config, src: Sources) -> None:
     if "ease" in cfg.recommend.sources:
         e = cfg.recommend.ease
         src.ease = fit_ease(
-            src.history, e.reg, max_items=e.max_items, min_item_interactions=e.min_item_interactions
+            src.history,
+            e.reg,
+            max_items=e.max_items,
+            min_item_interactions=e.min_item_interactions,
+            session_weight=e.session_weight,
+            session_seconds=e.session_seconds,
         )
         src.origin["ease"] = "fitted"
 

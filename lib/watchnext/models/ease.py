@@ -131,15 +131,14 @@ def fit_ease(
     if n == 0:
         return EaseModel(ids, np.zeros((0, 0), np.float32), left_out)
     _, rows = np.unique(users, return_inverse=True)
-    x = sp.csr_matrix(
-        (np.ones(len(items), np.float64), (rows, np.searchsorted(ids, items))), shape=(rows.max() + 1, n)
-    )
+    cols = np.searchsorted(ids, items)
+    x = sp.csr_matrix((np.ones(len(items), np.float64), (rows, cols)), shape=(rows.max() + 1, n))
     gram = (x.T @ x).toarray()
     if sessions:
         if kept.column(_SECONDS).null_count:
             raise ValueError("EASE session_weight > 0: history has rows without a timestamp")
         seconds = kept.column(_SECONDS).to_numpy().astype(np.int64)
-        t = session_gram(rows, np.searchsorted(ids, items), seconds, n, session_seconds)
+        t = session_gram(rows, cols, seconds, n, session_seconds)
         gram += session_weight * t.toarray()
     gram[np.diag_indices(n)] += reg
     p = np.linalg.inv(gram)

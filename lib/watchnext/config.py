@@ -305,6 +305,9 @@ class ClustersConfig(_Strict):
     label_tags: int = Field(1, ge=0)  # tags named in a cluster's label
     # k values of the search fitted side by side (watchnext.concurrency); 1: one after another.
     concurrent_fits: int = Field(4, ge=1)
+    # The k search (k-means, k None) runs on the driver (models/kmeans_search.py) up to this many items
+    # with content, then only the chosen k is fitted on Spark; beyond it every k is fitted on Spark.
+    search_max_items: int = Field(50_000, ge=0)
     registered_model: str = "watchnext-clusters"
 
     @model_validator(mode="after")

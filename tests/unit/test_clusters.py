@@ -16,13 +16,14 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from watchnext.config import ClustersConfig, ContentConfig, SyntheticConfig, ValidationConfig
-from watchnext.constants import COL_CLUSTER, COL_ITEM, COL_ITEM_IDX, COL_SHARE, COL_USER
+from watchnext.constants import COL_CLUSTER, COL_FEATURES, COL_ITEM, COL_ITEM_IDX, COL_SHARE, COL_USER
 from watchnext.features import fit_content_features
 from watchnext.ingest.synthetic import SyntheticData, generate
 from watchnext.ingest.validate import validate_items
@@ -96,10 +97,27 @@ def test_silhouette_selects_a_pure_k(synthetic) -> None:
     assert result.k == min(k for k, s in result.silhouette.items() if s == best)
     assert result.k == SYNTH.n_clusters  # the planted k has the best silhouette
     assert purity(result.assignments, data.item_clusters) >= PURITY
+    # the search ran on the driver; the published Spark model holds its centres: Spark's evaluator
+    # scores the model's partition exactly as the driver scored its own
+    assert result.searched_on == "driver"
+    evaluator = ClusteringEvaluator(
+        featuresCol=COL_FEATURES, predictionCol="p", metricName="silhouette", distanceMeasure="cosine"
+    )
+    kmeans = result.model.stages[0].copy({result.model.stages[0].predictionCol: "p"})
+    assert evaluator.evaluate(kmeans.transform(features)) == pytest.approx(
+        result.silhouette[result.k], abs=1e-9
+    )
     # the fits one after another choose the same model: same silhouettes, same assignments
     serial = fit_clusters(features, search.model_copy(update={"concurrent_fits": 1}), n_init=3)
     assert serial.silhouette == result.silhouette
     assertDataFrameEqual(serial.assignments, result.assignments)
+    # every k fitted on Spark (the search beyond search_max_items): the same choice and assignments,
+    # and at the chosen k the silhouette the driver computed
+    on_spark = fit_clusters(features, search.model_copy(update={"search_max_items": 0}), n_init=3)
+    assert on_spark.searched_on == "spark" and sorted(on_spark.silhouette) == [4, 6, 8]
+    assert on_spark.k == result.k
+    assert on_spark.silhouette[result.k] == pytest.approx(result.silhouette[result.k], abs=1e-9)
+    assertDataFrameEqual(on_spark.assignments, result.assignments)
 
 
 def test_same_seed_same_assignments(synthetic, k6: ClusterResult) -> None:

@@ -9,6 +9,12 @@ and the one with the highest **silhouette** wins (ties: the smaller k). The silh
 in (for unit vectors the squared Euclidean distance is ``2 (1 - cos)``, which ranks points alike, but
 cosine keeps the score on the scale of the similarity the features define).
 
+Up to ``clusters.search_max_items`` items with content (k-means, more than one k), the search runs on
+the driver (:mod:`watchnext.models.kmeans_search`: the same spherical k-means and cosine silhouette,
+milliseconds per fit instead of seconds of Spark jobs), and the published model is a Spark
+``KMeansModel`` holding the chosen fit's centres, so it assigns new items exactly as the search did.
+Beyond that size, or with bisecting k-means, every k is fitted on Spark as follows.
+
 Each k is fitted ``n_init`` times, with seeds ``seed, seed + 1, ...``, and the fit with the lowest
 training cost (the sum of cosine distances to the centres) is kept, the first seed among costs equal
 up to 1e-9. One k-means|| start often ends in a local optimum that merges two planted clusters and
@@ -55,13 +61,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, Window
+from pyspark.ml.linalg import SparseVector, Vectors
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -85,6 +94,7 @@ from watchnext.constants import (
     COL_USER,
     COL_USER_IDX,
 )
+from watchnext.models import kmeans_search
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +118,7 @@ class ClusterResult:
     silhouette: dict[int, float]  # every k fitted -> its silhouette (cosine distance)
     assignments: DataFrame  # col_item, col_item_idx, cluster_id int
     n_uncategorised: int  # items with an all-zero vector, in cluster k
+    searched_on: str = "spark"  # where the k search ran: "driver" (kmeans_search) | "spark"
 
 
 def _estimator(params: ClustersConfig, k: int, seed: int, col_features: str) -> KMeans | BisectingKMeans:
@@ -201,10 +212,12 @@ def fit_clusters(
     )
     stats = flagged.agg(
         F.count(F.when(~F.col("_nz"), 1)).alias("zero"),
+        F.count(F.when(F.col("_nz"), 1)).alias("nonzero"),
         F.countDistinct(F.when(F.col("_nz"), F.col("_h"))).alias("distinct"),  # 64-bit hash of the values
     ).head(1)[0]
     n_zero, n_distinct = int(stats["zero"]), int(stats["distinct"])
     ks = _candidate_ks(params, n_distinct)
+    on_driver = params.algorithm == "kmeans" and len(ks) > 1 and stats["nonzero"] <= params.search_max_items
 
     # A fixed partitioning and order make k-means|| sampling depend only on the seed.
     n_parts = int(features.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
@@ -225,26 +238,45 @@ def fit_clusters(
         # given the seeds: several run side by side (watchnext.concurrency), with the same outcome.
         lock, best_so_far = threading.Lock(), [float("-inf")]
 
-        def search(k: int) -> tuple[ClusterModel, float]:
-            fits = [_estimator(params, k, params.seed + i, col_features).fit(nonzero) for i in range(n_init)]
-            costs = [m.summary.trainingCost for m in fits]
-            model = fits[_first_lowest(costs)]
-            score = float(evaluator.evaluate(model.transform(nonzero)))
+        def found(k: int, cost: float, starts: list[float], score: float) -> None:
             log.info(
                 "clusters: %s k=%d cost %.4f (starts: %s) silhouette %.4f",
-                params.algorithm, k, min(costs), ", ".join(f"{c:.4f}" for c in costs), score,
+                params.algorithm, k, cost, ", ".join(f"{c:.4f}" for c in starts), score,
             )  # fmt: skip
             with lock:
                 best_so_far[0] = max(best_so_far[0], score)
                 done = len(silhouette) + 1
                 silhouette[k] = score
                 progress.trial_finished("clusters k", done, len(ks), score, best_so_far[0], "silhouette")
-            return model, score
 
-        for k, (model, _) in zip(ks, map_ordered(search, ks, params.concurrent_fits), strict=True):
-            models[k] = model
-        silhouette = {k: silhouette[k] for k in ks}  # in k order, not finishing order
-        best = max(ks, key=lambda k: (silhouette[k], -k))
+        def starts(k: int, workers: int) -> tuple[ClusterModel, list[float]]:
+            """The lowest-cost of ``n_init`` Spark fits of ``k`` (``workers`` side by side) and all costs."""
+            fit = lambda i: _estimator(params, k, params.seed + i, col_features).fit(nonzero)  # noqa: E731
+            fits = map_ordered(fit, range(n_init), workers)
+            costs = [m.summary.trainingCost for m in fits]
+            return fits[_first_lowest(costs)], costs
+
+        def search(k: int) -> ClusterModel:
+            model, costs = starts(k, params.concurrent_fits if len(ks) == 1 else 1)
+            found(k, min(costs), costs, float(evaluator.evaluate(model.transform(nonzero))))
+            return model
+
+        if on_driver:
+            x = _driver_matrix(nonzero, col_item_idx, col_features)
+            searched = kmeans_search.search_k(
+                x, ks, seed=params.seed, n_init=n_init, max_iter=params.max_iter,
+                on_k=lambda k, costs, score: found(k, min(costs), costs, score),
+            )  # fmt: skip
+            silhouette = {k: silhouette[k] for k in ks}
+            best = max(ks, key=lambda k: (silhouette[k], -k))
+            models[best] = _model_of_centres(
+                nonzero.sparkSession, searched[best][0].centers, params, col_features
+            )
+        else:
+            for k, model in zip(ks, map_ordered(search, ks, params.concurrent_fits), strict=True):
+                models[k] = model
+            silhouette = {k: silhouette[k] for k in ks}  # in k order, not finishing order
+            best = max(ks, key=lambda k: (silhouette[k], -k))
         k_model = len(models[best].clusterCenters())  # bisecting k-means may leave fewer leaves than asked
         renumber = _renumbering(models[best], nonzero, col_item_idx, col_cluster)
     finally:
@@ -265,6 +297,41 @@ def fit_clusters(
         silhouette=silhouette,
         assignments=assigned.unionByName(zero),
         n_uncategorised=n_zero,
+        searched_on="driver" if on_driver else "spark",
+    )
+
+
+def _model_of_centres(
+    spark: SparkSession, centres: np.ndarray, params: ClustersConfig, col_features: str
+) -> KMeansModel:
+    """A Spark ``KMeansModel`` (cosine) whose centres are ``centres``: Spark's k-means fitted on the k
+    centres themselves with random initialisation, which samples all k of them (k of k points), so every
+    point is its own cluster and its centre the point (a unit vector normalised again)."""
+    rows = [(Vectors.dense(c),) for c in centres]
+    points = spark.createDataFrame(rows, [col_features]).coalesce(1)
+    est = _estimator(params, len(centres), params.seed, col_features)
+    assert isinstance(est, KMeans)
+    return est.setInitMode("random").fit(points)
+
+
+def _driver_matrix(points: DataFrame, col_item_idx: str, col_features: str) -> sp.csr_matrix:
+    """The points' feature vectors as a CSR matrix on the driver, rows in ``col_item_idx`` order."""
+    rows = points.select(col_item_idx, col_features).orderBy(col_item_idx).collect()
+    data, indices, indptr, dim = [], [], [0], 0
+    for r in rows:
+        v = r[col_features]
+        dim = v.size
+        if isinstance(v, SparseVector):
+            idx, val = v.indices, v.values
+        else:
+            arr = v.toArray()
+            idx = np.flatnonzero(arr)
+            val = arr[idx]
+        indices.append(idx)
+        data.append(val)
+        indptr.append(indptr[-1] + len(idx))
+    return sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=(len(rows), dim)
     )
 
 

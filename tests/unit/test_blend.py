@@ -158,6 +158,12 @@ def test_tune_weights_finds_the_informative_mix() -> None:
     assert search.weights["popular"] < 0.3 < min(search.weights["als"], search.weights["item"])
     again = blend_tuning.tune_weights(data, 10, None, n_trials=60, seed=1, start={"als": 1.0, "popular": 1.0})
     assert again.weights == search.weights
+    # an ablation given the single-source scores it shares with the search: the same search as without
+    known = {s: v for s, v in search.single_source.items() if s != "popular"}
+    given = blend_tuning.tune_weights(data.without("popular"), 10, None, n_trials=12, seed=2, single=known)
+    computed = blend_tuning.tune_weights(data.without("popular"), 10, None, n_trials=12, seed=2)
+    assert given.single_source == computed.single_source == known
+    assert given.trials == computed.trials and given.weights == computed.weights
 
 
 def test_pool_normalises_and_merges_sources(spark: SparkSession) -> None:

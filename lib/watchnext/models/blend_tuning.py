@@ -113,14 +113,20 @@ def tune_weights(
     method: Literal["tpe", "random"] = "tpe",
     start: Mapping[str, float] | None = None,
     label: str | None = "blend weights",
+    single: Mapping[str, float] | None = None,
 ) -> WeightSearch:
     """Weights in ``[0, 1]`` (the strongest single source fixed at 1, since only ratios matter)
     maximising :func:`ndcg_at_k`, with Optuna; the configured ``start`` and every single source are
     enqueued as the first trials, so the result is never worse than any of them on ``data``.
-    ``label``: the search's name in the run's progress view (None: not reported)."""
+    ``label``: the search's name in the run's progress view (None: not reported). ``single``: each
+    source's NDCG alone on ``data`` when already known (e.g. from the search an ablation repeats);
+    the rest are computed. A trial whose weights equal a single source's is not scored again."""
     import optuna
 
-    single = {s: ndcg_at_k(data, {s: 1.0}, k, max_per_cluster) for s in data.sources}
+    known = dict(single or {})
+    single = {
+        s: known[s] if s in known else ndcg_at_k(data, {s: 1.0}, k, max_per_cluster) for s in data.sources
+    }
     anchor = max(single, key=lambda s: (single[s], -data.sources.index(s)))
     free = [s for s in data.sources if s != anchor]
     sampler = (
@@ -138,7 +144,8 @@ def tune_weights(
 
     def objective(trial: optuna.Trial) -> float:
         w = {anchor: 1.0, **{s: trial.suggest_float(s, 0.0, 1.0) for s in free}}
-        value = ndcg_at_k(data, w, k, max_per_cluster)
+        alone = not any(w[s] for s in free)
+        value = single[anchor] if alone else ndcg_at_k(data, w, k, max_per_cluster)
         trials.append((w, value))
         return value
 

@@ -231,6 +231,7 @@ def _choose(
                 seed=t.seed,
                 method=t.method,
                 label=None,  # an ablation: not a search the console follows
+                single=search.single_source,  # the same pool: the other sources alone score the same
             ).weights
             loo[s] = blend_tuning.ndcg_at_k(hold.without(s), w, k, cap)
     return BlendTuning(

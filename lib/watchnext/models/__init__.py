@@ -27,6 +27,7 @@ from watchnext.models.tuning import (
     refit,
     tune_als,
     tune_and_refit,
+    tune_from_config,
     validation_split,
 )
 
@@ -53,5 +54,6 @@ __all__ = [
     "trending_scores",
     "tune_als",
     "tune_and_refit",
+    "tune_from_config",
     "validation_split",
 ]

@@ -284,7 +284,7 @@ def refit(
     )
 
 
-def tune_and_refit(
+def tune_from_config(
     train: DataFrame,
     cfg: AlsConfig,
     *,
@@ -292,12 +292,12 @@ def tune_and_refit(
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
-) -> tuple[ALSModel, TuningResult]:
-    """The whole recipe from the ``als`` config: carve validation, tune, refit on all of ``train``."""
+) -> TuningResult:
+    """The ``als.tuning`` search on ``train``: carve the validation split, tune (no refit)."""
     t = cfg.tuning
     cols = {"col_user": col_user, "col_item": col_item}
     fit_part, validation = validation_split(train, t.validation_ratio, t.seed, **cols)
-    result = tune_als(
+    return tune_als(
         fit_part,
         validation,
         t.space,
@@ -312,4 +312,18 @@ def tune_and_refit(
         col_rating=col_rating,
         **cols,
     )
-    return refit(train, result, num_blocks=cfg.num_blocks, col_rating=col_rating, **cols), result
+
+
+def tune_and_refit(
+    train: DataFrame,
+    cfg: AlsConfig,
+    *,
+    log_to_mlflow: bool = True,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rating: str = COL_RATING,
+) -> tuple[ALSModel, TuningResult]:
+    """The whole recipe from the ``als`` config: carve validation, tune, refit on all of ``train``."""
+    cols = {"col_user": col_user, "col_item": col_item, "col_rating": col_rating}
+    result = tune_from_config(train, cfg, log_to_mlflow=log_to_mlflow, **cols)
+    return refit(train, result, num_blocks=cfg.num_blocks, **cols), result

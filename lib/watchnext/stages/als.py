@@ -2,7 +2,8 @@
 
 1. Split the run date's interactions with the evaluation protocol (identical in every stage).
 2. Tune rank / regParam / alpha / iterations on a validation split carved from train (grid, random or
-   Optuna TPE; each trial a nested MLflow run), refit the best on all of train.
+   Optuna TPE; each trial a nested MLflow run), refit the best on all of train (and, side by side,
+   on all interactions: the serving model of step 4).
 3. Write that model's top-K for the test users to ``eval_recommendations`` (model ``als``) and its
    factors to ``eval_factors`` (read by the recommend stage's offline blend); for
    explicit ratings also fit the biased model (mu + b_u + b_i + p_u.q_i) and the bias-only baseline
@@ -24,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from watchnext import tables, tracking
+from watchnext.concurrency import map_ordered
 from watchnext.config import Config
 from watchnext.constants import (
     COL_FEATURES,
@@ -42,7 +44,7 @@ from watchnext.constants import (
 from watchnext.evaluation import protocol
 from watchnext.models.als import AlsParams, factor_frames, fit_als, fit_biased_als, predict, top_k_items
 from watchnext.models.baselines import fit_biases, predict_biases
-from watchnext.models.tuning import tune_and_refit
+from watchnext.models.tuning import tune_from_config
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     try:
         # -- tune on train, keep the best refit on all of train for the offline scores
         if a.tuning.enabled:
-            model, result = tune_and_refit(train, a, log_to_mlflow=cfg.mlflow.enabled)
+            result = tune_from_config(train, a, log_to_mlflow=cfg.mlflow.enabled)
             params = result.best_params
             summary["tuning"] = {
                 "method": result.method,
@@ -73,7 +75,13 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             tracking.log_metrics({f"best_validation_{result.metric}": result.best_value})
         else:
             params = AlsParams.from_config(a)
-            model = fit_als(train, params, num_blocks=a.num_blocks)
+        # the offline model (train) and the serving model (every interaction), side by side: same
+        # seeds, same factors as one after the other (each fit is one task per step at this size)
+        model, full = map_ordered(
+            lambda df: fit_als(df, params, num_blocks=a.num_blocks),
+            [train, interactions],
+            a.tuning.concurrent_trials,
+        )
         summary["params"] = params.model_dump()
         tracking.log_params({f"best.{k}": v for k, v in params.model_dump().items()})
 
@@ -87,7 +95,6 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             summary["rating_prediction"] = _explicit_predictions(cfg, run_date, run_id, train, test, params)
 
         # -- serving model: the same configuration on every interaction
-        full = fit_als(interactions, params, num_blocks=a.num_blocks)
         _write_factors(spark, cfg, run_date, run_id, full)
         summary["model_version"] = _log_model(cfg, full, params)
     finally:

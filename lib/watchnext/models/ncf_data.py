@@ -104,40 +104,50 @@ def training_rows(pos: DataFrame, n_items: int, num_negatives: int, rounds: int,
             f"n_items, num_negatives and rounds must be >= 1: {n_items}, {num_negatives}, {rounds}"
         )
 
-    def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
-        user = int(pdf[COL_USER_IDX].iloc[0])
-        items = np.unique(pdf[COL_ITEM_IDX].to_numpy(dtype=np.int64))
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            pa.field(COL_USER_IDX, pa.int32(), False),
+            pa.field(COL_ITEM_IDX, pa.int32(), False),
+            pa.field(COL_NEGATIVES, pa.list_(pa.field("element", pa.int32(), False)), False),
+            pa.field(COL_ROUND, pa.int32(), False),
+        ]
+    )
+
+    def per_user(table: pa.Table) -> pa.Table:
+        # Arrow in and out: the negatives go back as one list array over a flat buffer (a pandas column
+        # of per-row arrays cost four times as long to build and convert).
+        user = int(table.column(COL_USER_IDX)[0].as_py())
+        items = np.unique(table.column(COL_ITEM_IDX).to_numpy().astype(np.int64))
         if items.max() >= n_items or items.min() < 0:
             raise ValueError(f"user {user} has item_idx outside [0, {n_items}): n_items is too small")
         if len(items) >= n_items:
             log.warning("user %d interacted with every item: no negatives, left out of training", user)
-            empty = np.empty(0, np.int32)
-            return pd.DataFrame(
-                {
-                    COL_USER_IDX: empty,
-                    COL_ITEM_IDX: empty,
-                    COL_NEGATIVES: pd.Series([], dtype=object),
-                    COL_ROUND: empty,
-                }
-            )
-        frames = []
-        for r in range(rounds):
-            neg = _sample_unseen(
-                np.random.default_rng([seed, user, r]), items, n_items, len(items) * num_negatives
-            )
-            frames.append(
-                pd.DataFrame(
-                    {
-                        COL_USER_IDX: np.int32(user),
-                        COL_ITEM_IDX: items.astype(np.int32),
-                        COL_NEGATIVES: list(neg.reshape(len(items), num_negatives)),
-                        COL_ROUND: np.int32(r),
-                    }
+            return schema.empty_table()
+        negatives = np.concatenate(
+            [
+                _sample_unseen(
+                    np.random.default_rng([seed, user, r]), items, n_items, len(items) * num_negatives
                 )
-            )
-        return pd.concat(frames, ignore_index=True)
+                for r in range(rounds)
+            ]
+        )
+        n = len(items) * rounds  # round-major: round 0's rows, then round 1's, ...
+        offsets = np.arange(0, n * num_negatives + 1, num_negatives, dtype=np.int32)
+        return pa.Table.from_arrays(
+            [
+                pa.array(np.full(n, user, np.int32)),
+                pa.array(np.tile(items.astype(np.int32), rounds)),
+                pa.ListArray.from_arrays(pa.array(offsets), pa.array(negatives, pa.int32())).cast(
+                    schema.field(COL_NEGATIVES).type
+                ),
+                pa.array(np.repeat(np.arange(rounds, dtype=np.int32), len(items))),
+            ],
+            schema=schema,
+        )
 
-    return pos.groupBy(COL_USER_IDX).applyInPandas(per_user, _TRAIN_ROWS)
+    return pos.groupBy(COL_USER_IDX).applyInArrow(per_user, _TRAIN_ROWS)
 
 
 def holdout_latest(

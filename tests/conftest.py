@@ -85,7 +85,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.sql.warehouse.dir": str(tmp / "warehouse"),
             "spark.default.parallelism": "4",
             "spark.ui.showConsoleProgress": "false",
-            "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp}",
+            # the embedded default's collector (conf/local.yaml): less CPU than G1 on 2 cores
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp} -XX:+UseParallelGC",
             # Small Delta commits in tests: skip the per-commit stats collection overhead we don't read.
             "spark.databricks.delta.snapshotPartitions": "2",
             # Memory pages sized for test data. Spark's default (heap x 0.6 / cores / 16, to a power of

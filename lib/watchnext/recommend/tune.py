@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,28 +123,33 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
         )
         trained = None
         held_rows = rows[held]
-        if rc.ranker == "learned":
-            ranked = ranker_features(
-                rows_df,
-                rc.sources,
-                search.weights,
-                trending=src.trending,
-                affinity=src.affinity,
-                counts=src.user_counts(),
-            )
-            trained = _fit_ranker(cfg, ranked.where(~F.col(_HELD)), t.seed)
-            pred = predict(trained, ranked.where(F.col(_HELD)), rc.sources)
-            pred = pred.select(COL_USER_IDX, COL_ITEM_IDX, COL_PREDICTION)
-            held_rows = held_rows.merge(pred.toPandas(), on=[COL_USER_IDX, COL_ITEM_IDX], how="left")
-        hold = blend_tuning.TuningData.from_pandas(
-            held_rows, n_rel, rc.sources, extra=[COL_PREDICTION] if trained is not None else []
-        )
+        hold = blend_tuning.TuningData.from_pandas(held_rows, n_rel, rc.sources)
+        # The ablation (numpy on the driver) runs while the ranker trains on Spark: they share nothing.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ablation = pool.submit(leave_one_out, cfg, data, hold, k, search.single_source)
+            if rc.ranker == "learned":
+                ranked = ranker_features(
+                    rows_df,
+                    rc.sources,
+                    search.weights,
+                    trending=src.trending,
+                    affinity=src.affinity,
+                    counts=src.user_counts(),
+                )
+                trained = _fit_ranker(cfg, ranked.where(~F.col(_HELD)), t.seed)
+                pred = predict(trained, ranked.where(F.col(_HELD)), rc.sources)
+                pred = pred.select(COL_USER_IDX, COL_ITEM_IDX, COL_PREDICTION)
+                held_rows = held_rows.merge(pred.toPandas(), on=[COL_USER_IDX, COL_ITEM_IDX], how="left")
+                hold = blend_tuning.TuningData.from_pandas(
+                    held_rows, n_rel, rc.sources, extra=[COL_PREDICTION]
+                )
+            loo = ablation.result()
     finally:
         if src is not None:
             src.release()
         for df in persisted:
             df.unpersist()
-    return _choose(cfg, search, start, k, data, len(rows), hold, trained)
+    return _choose(cfg, search, start, k, data, len(rows), hold, trained, loo)
 
 
 _HELD = "held_back"
@@ -209,31 +215,17 @@ def _choose(
     n_rows: int,
     hold: blend_tuning.TuningData,
     trained: Any | None,
+    loo: dict[str, float],
 ) -> BlendTuning:
     """The recipe with the best held-back NDCG@k: learned (when trained) over linear on ties lost,
     the best single source when both fall below it."""
-    rc, t = cfg.recommend, cfg.recommend.tuning
+    rc = cfg.recommend
     cap = rc.max_per_cluster
     scores: dict[str, float] = {s: blend_tuning.ndcg_at_k(hold, {s: 1.0}, k, cap) for s in rc.sources}
     scores["linear"] = blend_tuning.ndcg_at_k(hold, search.weights, k, cap)
     if trained is not None:
         scores["learned"] = blend_tuning.ndcg_of_scores(hold, hold.extra[COL_PREDICTION], k, cap)
     recipe = pick_recipe(scores, rc.sources, k, hold.n_users)
-    # What each source earns: the linear blend re-tuned without it, scored on the held-back users.
-    loo: dict[str, float] = {}
-    for s in rc.sources:
-        if len(rc.sources) > 1:
-            w = blend_tuning.tune_weights(
-                tuning.without(s),
-                k,
-                cap,
-                n_trials=max(10, t.n_trials // 6),
-                seed=t.seed,
-                method=t.method,
-                label=None,  # an ablation: not a search the console follows
-                single=search.single_source,  # the same pool: the other sources alone score the same
-            ).weights
-            loo[s] = blend_tuning.ndcg_at_k(hold.without(s), w, k, cap)
     return BlendTuning(
         search,
         start,
@@ -248,6 +240,36 @@ def _choose(
         importances=importances(trained, rc.sources) if trained is not None else {},
         best_iteration=best_iteration(trained) if trained is not None else None,
     )
+
+
+def leave_one_out(
+    cfg: Config,
+    tuning: blend_tuning.TuningData,
+    hold: blend_tuning.TuningData,
+    k: int,
+    single: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """What each source earns: the linear blend re-tuned on ``tuning`` without it (a short search),
+    scored on the held-back users ``hold``; {} with a single source. ``single``: each source's NDCG
+    alone on ``tuning`` when known (the full search's: the same pool, so the same values)."""
+    rc, t = cfg.recommend, cfg.recommend.tuning
+    cap = rc.max_per_cluster
+    if len(rc.sources) < 2:
+        return {}
+    loo: dict[str, float] = {}
+    for s in rc.sources:
+        w = blend_tuning.tune_weights(
+            tuning.without(s),
+            k,
+            cap,
+            n_trials=max(10, t.n_trials // 6),
+            seed=t.seed,
+            method=t.method,
+            label=None,  # an ablation: not a search the console follows
+            single=single,
+        ).weights
+        loo[s] = blend_tuning.ndcg_at_k(hold.without(s), w, k, cap)
+    return loo
 
 
 def sample_users(users: DataFrame, max_users: int, seed: int) -> DataFrame:

@@ -238,10 +238,10 @@ def fit_clusters(
         # given the seeds: several run side by side (watchnext.concurrency), with the same outcome.
         lock, best_so_far = threading.Lock(), [float("-inf")]
 
-        def found(k: int, cost: float, starts: list[float], score: float) -> None:
+        def found(k: int, starts: list[float], score: float) -> None:
             log.info(
                 "clusters: %s k=%d cost %.4f (starts: %s) silhouette %.4f",
-                params.algorithm, k, cost, ", ".join(f"{c:.4f}" for c in starts), score,
+                params.algorithm, k, min(starts), ", ".join(f"{c:.4f}" for c in starts), score,
             )  # fmt: skip
             with lock:
                 best_so_far[0] = max(best_so_far[0], score)
@@ -258,16 +258,15 @@ def fit_clusters(
 
         def search(k: int) -> ClusterModel:
             model, costs = starts(k, params.concurrent_fits if len(ks) == 1 else 1)
-            found(k, min(costs), costs, float(evaluator.evaluate(model.transform(nonzero))))
+            found(k, costs, float(evaluator.evaluate(model.transform(nonzero))))
             return model
 
         if on_driver:
             x = _driver_matrix(nonzero, col_item_idx, col_features)
             searched = kmeans_search.search_k(
                 x, ks, seed=params.seed, n_init=n_init, max_iter=params.max_iter,
-                on_k=lambda k, costs, score: found(k, min(costs), costs, score),
+                on_k=found,
             )  # fmt: skip
-            silhouette = {k: silhouette[k] for k in ks}
             best = max(ks, key=lambda k: (silhouette[k], -k))
             models[best] = _model_of_centres(
                 nonzero.sparkSession, searched[best][0].centers, params, col_features
@@ -275,8 +274,8 @@ def fit_clusters(
         else:
             for k, model in zip(ks, map_ordered(search, ks, params.concurrent_fits), strict=True):
                 models[k] = model
-            silhouette = {k: silhouette[k] for k in ks}  # in k order, not finishing order
             best = max(ks, key=lambda k: (silhouette[k], -k))
+        silhouette = {k: silhouette[k] for k in ks}  # in k order, not finishing order
         k_model = len(models[best].clusterCenters())  # bisecting k-means may leave fewer leaves than asked
         renumber = _renumbering(models[best], nonzero, col_item_idx, col_cluster)
     finally:

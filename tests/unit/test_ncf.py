@@ -13,7 +13,13 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from watchnext.models import ncf_data
-from watchnext.models.ncf import NcfSpec, build_model, init_neumf_from_pretrained, predict_logits
+from watchnext.models.ncf import (
+    NcfSpec,
+    build_model,
+    candidate_logits,
+    init_neumf_from_pretrained,
+    predict_logits,
+)
 from watchnext.models.ncf_score import load_model, save_model, score_pairs, score_topk
 from watchnext.models.ncf_train import hit_ndcg, sampled_ranks
 
@@ -44,6 +50,42 @@ def test_builders_have_the_papers_shapes(kind: str, expected: int) -> None:
     assert tuple(out.shape) == (2, 1)
     # per-sample L2 on the looked-up embeddings: one loss per embedding lookup
     assert len(model.losses) == (4 if kind == "neumf" else 2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "layers"), [("neumf", [16, 8]), ("mlp", [16, 8, 4]), ("gmf", [16, 8]), ("mlp", [16])]
+)
+@pytest.mark.parametrize("project_items", [True, False])
+def test_candidate_logits_are_the_models_function_loss_and_gradients(
+    kind: str, layers: list[int], project_items: bool
+) -> None:
+    """The training step's path (each user against its candidates, first MLP layer split) gives the
+    flat model call's logits, its L2 activity loss and the same gradients of a softmax loss."""
+    import tensorflow as tf
+
+    spec = NcfSpec(n_users=30, n_items=50, model=kind, mf_dim=8, mlp_layers=layers, l2=1e-2)
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(spec)
+    rng = np.random.default_rng(2)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape) for w in model.get_weights()])
+    users = tf.constant(rng.integers(0, 30, 7).astype(np.int32))
+    cand = tf.constant(rng.integers(0, 50, (7, 11)).astype(np.int32))
+    with tf.GradientTape(persistent=True) as tape:
+        flat = model([tf.reshape(tf.repeat(users, 11), [-1, 1]), tf.reshape(cand, [-1, 1])], training=True)
+        flat = tf.reshape(flat, [-1, 11])
+        flat_l2 = tf.add_n(model.losses)
+        got, got_l2 = candidate_logits(model, spec, users, cand, training=True, project_items=project_items)
+        loss_flat = tf.reduce_sum(tf.nn.log_softmax(flat)[:, 0]) + flat_l2
+        loss_got = tf.reduce_sum(tf.nn.log_softmax(got)[:, 0]) + got_l2
+    np.testing.assert_allclose(got.numpy(), flat.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(got_l2) == pytest.approx(float(flat_l2), rel=1e-5)
+    for a, b in zip(
+        tape.gradient(loss_flat, model.trainable_variables),
+        tape.gradient(loss_got, model.trainable_variables),
+        strict=True,
+    ):
+        got_grad, flat_grad = tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy()
+        np.testing.assert_allclose(got_grad, flat_grad, atol=1e-6)
 
 
 def test_spec_rejects_bad_shapes() -> None:

@@ -54,8 +54,8 @@ def save_model(model: Any, spec: NcfSpec, model_dir: str) -> list[str]:
     return [prefix, spec_path]
 
 
-def _load(model_dir: str) -> Any:
-    """The model saved by rank 0 in ``model_dir``."""
+def _load(model_dir: str) -> tuple[Any, NcfSpec]:
+    """The model saved by rank 0 in ``model_dir``, and its spec."""
     import tensorflow as tf
 
     from watchnext.models.ncf import build_model
@@ -64,30 +64,59 @@ def _load(model_dir: str) -> Any:
         spec = NcfSpec.from_dict(json.loads(f.read()))
     model = build_model(spec)
     model.load_weights(f"{model_dir.rstrip('/')}/{WEIGHTS}").expect_partial()
-    return model
+    return model, spec
 
 
 def load_model(model_dir: str) -> Any:
     """Rebuild the saved network and load its weights (public: tests, notebooks)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return _load(model_dir)
+    return _load(model_dir)[0]
 
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[str, tuple[Any, NcfSpec]] = {}
 
 
-def _cached_model(model_dir: str) -> Any:
+def _cached_model(model_dir: str) -> tuple[Any, NcfSpec]:
     """One load per Python worker process (Spark reuses workers across tasks)."""
     if model_dir not in _MODELS:
         _MODELS.clear()
-        _MODELS[model_dir] = load_model(model_dir)
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        _MODELS[model_dir] = _load(model_dir)
     return _MODELS[model_dir]
+
+
+def _catalogue_fn(model_dir: str, n_items: int, chunk: int = 1 << 18) -> Any:
+    """``users`` (int32 numpy) -> their logits against items ``[0, n_items)``, ``(len(users), n_items)``
+    float64, through :func:`~watchnext.models.ncf.candidate_logits` (each user and item projected once)."""
+    import tensorflow as tf
+
+    from watchnext.models.ncf import candidate_logits
+
+    model, spec = _cached_model(model_dir)
+    key = f"_watchnext_catalogue_{n_items}"
+    fn = getattr(model, key, None)
+    if fn is None:
+        items = tf.range(n_items, dtype=tf.int32)
+
+        def block(u: Any) -> Any:
+            cand = tf.broadcast_to(items[None, :], [tf.shape(u)[0], n_items])
+            return candidate_logits(model, spec, u, cand, project_items=True)[0]
+
+        fn = tf.function(block, reduce_retracing=True)
+        setattr(model, key, fn)
+    step = max(1, chunk // n_items)  # users per call: about ``chunk`` pairs in memory at once
+
+    def logits(users: np.ndarray) -> np.ndarray:
+        out = [fn(tf.constant(users[s : s + step])).numpy() for s in range(0, len(users), step)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, n_items))
+
+    return logits
 
 
 def _logits_fn(model_dir: str) -> Any:
     import tensorflow as tf
 
-    model = _cached_model(model_dir)
+    model, _ = _cached_model(model_dir)
     fn = getattr(model, "_watchnext_logits", None)
     if fn is None:
         fn = tf.function(lambda u, i: tf.reshape(model([u, i], training=False), [-1]), reduce_retracing=True)
@@ -142,15 +171,14 @@ def score_topk(
             T.StructField(COL_RANK, T.IntegerType(), False),
         ]
     )
-    all_items = np.arange(n_items, dtype=np.int32)
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        logits = _logits_fn(model_dir)
+        logits = _catalogue_fn(model_dir, n_items)
         for pdf in batches:
             for s in range(0, len(pdf), block):
                 chunk = pdf.iloc[s : s + block]
                 ids = chunk[COL_USER_IDX].to_numpy(np.int32)
-                mat = logits(np.repeat(ids, n_items), np.tile(all_items, len(ids))).reshape(len(ids), n_items)
+                mat = logits(ids)
                 for row, items in enumerate(chunk["_seen"]):
                     if items is not None and len(items):
                         it = np.asarray(items, dtype=np.int64)

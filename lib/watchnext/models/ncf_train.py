@@ -145,7 +145,7 @@ def train_worker(job: TrainJob) -> RankResult:
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
-    from watchnext.models.ncf import build_model, init_neumf_from_pretrained
+    from watchnext.models.ncf import build_model, candidate_logits, init_neumf_from_pretrained
     from watchnext.models.ncf_data import iter_batches, read_rank_shards
 
     hvd.init()
@@ -178,10 +178,12 @@ def train_worker(job: TrainJob) -> RankResult:
     @tf.function(reduce_retracing=True)
     def step(u: Any, cand: Any) -> Any:
         # u: (B,) users; cand: (B, 1 + K) items, the positive first, then its negatives.
+        # Each user against its candidates (models/ncf.py): the model's function and L2 loss, each
+        # user and item projected once; the item table itself when the step holds more pairs.
         width = tf.shape(cand)[1]
+        project = cand.shape[1] is not None and spec.n_items <= p.batch_size * cand.shape[1]
         with tf.GradientTape() as tape:
-            users = tf.reshape(tf.repeat(u, width), [-1, 1])
-            logits = tf.reshape(model([users, tf.reshape(cand, [-1, 1])], training=True), [-1, width])
+            logits, l2 = candidate_logits(model, spec, u, cand, training=True, project_items=project)
             if p.loss == "softmax":
                 target = tf.zeros(tf.shape(u), tf.int32)  # the positive is column 0
                 loss = tf.reduce_mean(
@@ -190,8 +192,7 @@ def train_worker(job: TrainJob) -> RankResult:
             else:
                 y = tf.one_hot(tf.zeros(tf.shape(u), tf.int32), width)
                 loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
-            if model.losses:
-                loss += tf.add_n(model.losses)
+            loss += l2
         tape = hvd.DistributedGradientTape(tape, sparse_as_dense=p.sparse_as_dense)
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=False))

@@ -71,6 +71,10 @@ class SparkConfig(_Strict):
     driver_memory: str | None = None
     local_dir: LocalPath | None = None  # spark.local.dir (scratch space): a local folder
     ui_enabled: bool = False
+    # Native BLAS/LAPACK for Spark's linear algebra (ALS's normal equations and Cholesky solves):
+    # "auto" loads the MKL runtime the `mkl` package installs in this Python environment when there is
+    # one, "off" keeps netlib's Java BLAS, or the path of a libblas-compatible library (session.py).
+    native_blas: str = "auto"
     conf: dict[str, str] = Field(default_factory=dict)  # any extra spark.* settings
 
 

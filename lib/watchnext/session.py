@@ -110,6 +110,41 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
 
 
+NETLIB_PROPERTIES = ("dev.ludovic.netlib.blas.nativeLibPath", "dev.ludovic.netlib.lapack.nativeLibPath")
+
+
+def native_blas_library(setting: str, prefix: str | None = None) -> str | None:
+    """The native BLAS/LAPACK library Spark's netlib should load, or None for its Java BLAS.
+
+    ``auto``: the MKL runtime (``libmkl_rt.so.*``, standard BLAS and LAPACK symbols) that PyPI's ``mkl``
+    package puts under ``<prefix>/lib`` (``sys.prefix``: the venv), if installed; ``off``: none; else
+    a path to such a library, which must exist. numpy's bundled OpenBLAS exports only prefixed
+    symbols, so netlib cannot use it (``../shared/STACK.md``)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        lib = os.path.join(prefix or sys.prefix, "lib")
+        names = os.listdir(lib) if os.path.isdir(lib) else []
+        found = sorted(f for f in names if re.fullmatch(r"libmkl_rt\.so(\.\d+)*", f))
+        return os.path.join(lib, found[-1]) if found else None
+    if not os.path.isfile(setting):
+        raise PreflightError(f"spark.native_blas: no library at {setting!r} (auto, off, or a path)")
+    return setting
+
+
+def native_blas_settings(library: str | None, settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` with netlib pointed at ``library`` on the driver and the executors (appended to
+    their ``extraJavaOptions``), MKL single-threaded per task (Spark runs one task per core)."""
+    if library is None:
+        return settings
+    out = dict(settings)
+    props = " ".join(f"-D{p}={library}" for p in NETLIB_PROPERTIES)
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        out[key] = f"{out[key]} {props}" if out.get(key) else props
+    out.setdefault("spark.executorEnv.MKL_THREADING_LAYER", "SEQUENTIAL")
+    return out
+
+
 def build_session(
     cfg: SparkConfig, checkpoint_dir: str | None = None, run_preflight: bool = True
 ) -> SparkSession:
@@ -142,6 +177,10 @@ def build_session(
     if cfg.local_dir:
         settings["spark.local.dir"] = cfg.local_dir
     settings.update(cfg.conf)
+    blas = native_blas_library(cfg.native_blas)
+    if blas is not None:
+        settings = native_blas_settings(blas, settings)
+        os.environ.setdefault("MKL_THREADING_LAYER", "SEQUENTIAL")  # a local driver JVM inherits it
     for k, v in settings.items():
         builder = builder.config(k, v)
     if cfg.delta_jars == "maven":
@@ -157,5 +196,11 @@ def build_session(
     if checkpoint_dir:
         # ALS ignores checkpointInterval silently unless a checkpoint dir is set.
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
-    log.info("Spark %s session %s (master %s)", spark.version, cfg.app_name, spark.sparkContext.master)
+    log.info(
+        "Spark %s session %s (master %s; BLAS %s)",
+        spark.version,
+        cfg.app_name,
+        spark.sparkContext.master,
+        blas or "netlib's Java BLAS",
+    )
     return spark

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 
 import py4j.java_gateway
 import pytest
@@ -10,7 +11,14 @@ from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from watchnext.cli import drop_py4j_retry_notices
-from watchnext.session import QUIET_LOGGERS, quiet_expected_warnings
+from watchnext.session import (
+    NETLIB_PROPERTIES,
+    QUIET_LOGGERS,
+    PreflightError,
+    native_blas_library,
+    native_blas_settings,
+    quiet_expected_warnings,
+)
 
 
 @pytest.mark.spark
@@ -42,3 +50,39 @@ def test_only_py4j_info_notices_are_dropped() -> None:
     assert not drop_py4j_retry_notices(record("root", logging.INFO, py4j.java_gateway.__file__))
     assert drop_py4j_retry_notices(record("root", logging.ERROR, py4j.java_gateway.__file__))
     assert drop_py4j_retry_notices(record("watchnext.x", logging.INFO, "/srv/watchnext/stages/ncf.py"))
+
+
+def test_native_blas_library_auto_off_and_path(tmp_path) -> None:  # noqa: ANN001
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    assert native_blas_library("auto", prefix=str(tmp_path)) is None  # no MKL in this environment
+    (lib / "libmkl_rt.so.2").write_bytes(b"")
+    (lib / "libmkl_rt.so.3").write_bytes(b"")
+    (lib / "libmkl_core.so.3").write_bytes(b"")
+    assert native_blas_library("auto", prefix=str(tmp_path)) == str(lib / "libmkl_rt.so.3")
+    assert native_blas_library("off", prefix=str(tmp_path)) is None
+    assert native_blas_library(str(lib / "libmkl_core.so.3")) == str(lib / "libmkl_core.so.3")
+    with pytest.raises(PreflightError, match="spark.native_blas: no library at"):
+        native_blas_library(str(lib / "libopenblas.so"))
+
+
+def test_native_blas_settings_append_to_java_options() -> None:
+    got = native_blas_settings("/x/libmkl_rt.so.3", {"spark.driver.extraJavaOptions": "-XX:+UseParallelGC"})
+    props = " ".join(f"-D{p}=/x/libmkl_rt.so.3" for p in NETLIB_PROPERTIES)
+    assert got == {
+        "spark.driver.extraJavaOptions": f"-XX:+UseParallelGC {props}",
+        "spark.executor.extraJavaOptions": props,
+        "spark.executorEnv.MKL_THREADING_LAYER": "SEQUENTIAL",
+    }
+    assert native_blas_settings(None, {"a": "b"}) == {"a": "b"}
+
+
+@pytest.mark.spark
+def test_spark_linear_algebra_runs_on_the_venvs_mkl(spark: SparkSession) -> None:
+    """pyproject's `mkl` dependency gives Spark native BLAS and LAPACK (ALS's dspr and dppsv), not
+    netlib's Java fallback."""
+    assert metadata.version("mkl")  # a dependency on Linux x86_64, where the suite runs
+    assert native_blas_library("auto") is not None
+    netlib = spark.sparkContext._jvm.dev.ludovic.netlib
+    assert netlib.lapack.LAPACK.getInstance().getClass().getName() == "dev.ludovic.netlib.lapack.JNILAPACK"
+    assert netlib.blas.NativeBLAS.getInstance().getClass().getName() == "dev.ludovic.netlib.blas.JNIBLAS"

@@ -237,6 +237,9 @@ class AlsTuningConfig(_Strict):
     # Trials fitted side by side (watchnext.concurrency): the sampler proposes this many at a time from
     # the trials finished so far. A different number gives a different (equally seeded) search.
     concurrent_trials: int = Field(2, ge=1)
+    # validation users x items up to this: each trial's lists are scored on the driver (numpy), not
+    # by Spark jobs; the same metric values (models/tuning.py LocalValidation). 0: always Spark.
+    local_max_cells: int = Field(20_000_000, ge=0)
 
     @field_validator("metric")
     @classmethod

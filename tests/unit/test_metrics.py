@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from watchnext.constants import COL_GENRES, COL_ITEM_IDX, COL_RANK, COL_RATING, COL_SCORE, COL_USER_IDX
+from watchnext.evaluation.local_metrics import ranking_metrics_arrays
 from watchnext.evaluation.metrics import (
     TrainStats,
     catalog_coverage,
@@ -407,3 +408,24 @@ def test_evaluate_all_combines_the_metrics(spark: SparkSession, random_lists: Ra
         by_stats = evaluate_all(recs, truth, 10, train=stats, n_items=n_items, item_features=features)
         _approx(by_stats, evaluate_all(recs, truth, 10, train=train, n_items=n_items, item_features=features))
     stats.release()
+
+
+def test_local_ranking_metrics_equal_the_spark_ones(spark: SparkSession, random_lists: RandomLists) -> None:
+    """The numpy twin ALS tuning scores its trials with: the same values as ``ranking_metrics`` (and
+    the reference) at several cut-offs, with short lists, users without lists and recs-only users."""
+    lists, relevant, _ = random_lists
+    recs, truth = _random_frames(spark, random_lists)
+    rows = [(u, i, r) for u, items in lists.items() for r, i in enumerate(items, start=1)]
+    rec_u, rec_i, rec_r = (np.array(c, dtype=np.int64) for c in zip(*rows, strict=True))
+    pairs = [(u, i) for u, rel in relevant.items() for i in sorted(rel)]
+    pairs += pairs[:5]  # duplicated truth rows count once
+    truth_u, truth_i = (np.array(c, dtype=np.int64) for c in zip(*pairs, strict=True))
+    ks = [1, 5, 10, 12]
+    got = ranking_metrics_arrays(rec_u, rec_i, rec_r, truth_u, truth_i, ks)
+    _approx(got, ranking_metrics(recs, truth, ks))
+    expected: dict[str, float] = {}
+    for k in ks:
+        expected |= _reference_ranking(lists, relevant, k)
+    _approx(got, expected)
+    with pytest.raises(ValueError, match="no user with a relevant item"):
+        ranking_metrics_arrays(rec_u, rec_i, rec_r, truth_u[:0], truth_i[:0], [10])

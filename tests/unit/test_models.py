@@ -44,6 +44,7 @@ from watchnext.models import (
     validation_split,
 )
 from watchnext.models.baselines import COL_BIAS
+from watchnext.models.tuning import LocalValidation
 
 pytestmark = pytest.mark.spark
 
@@ -412,6 +413,42 @@ def test_trials_side_by_side_are_the_trials_one_by_one(
         (t.number, t.params, t.metrics) for t in one.trials
     ]
     assert len({t.params for t in one.trials}) == 3 and two.best_params == one.best_params
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_trials_scored_on_the_driver_equal_spark_scoring(
+    spark: SparkSession, clustered: tuple[DataFrame, DataFrame], implicit: bool
+) -> None:
+    """LocalValidation (numpy top K of the factors, numpy metrics) gives the trial the Spark path
+    gives: top_k_items with the fitting items excluded, then ranking_metrics; the biased explicit
+    model too (its augmented factors)."""
+    fit_part, validation = validation_split(clustered[0], 0.25, 43)
+    if implicit:
+        model = fit_als(fit_part, FAST, num_blocks=1)
+    else:
+        model = fit_biased_als(fit_part, FAST.model_copy(update={"implicit_prefs": False}), num_blocks=1)
+    users = validation.select(USER).distinct()
+    expected = ranking_metrics(top_k_items(model, users, 10, fit_part), validation, 10)
+    local = LocalValidation.collect(fit_part, validation, 10**9, USER, ITEM)
+    assert local is not None and LocalValidation.collect(fit_part, validation, 100, USER, ITEM) is None
+    got = local.metrics(model, 10)
+    assert got.keys() == expected.keys() and expected["ndcg_at_10"] > 0.05  # lists with hits
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    # the search itself: the same trials whichever way they are scored
+    args = {
+        "base": FAST,
+        "method": "random",
+        "n_trials": 2,
+        "seed": 0,
+        "num_blocks": 1,
+        "log_to_mlflow": False,
+    }
+    on_spark = tune_als(fit_part, validation, TINY_SPACE, local_max_cells=0, **args)
+    on_driver = tune_als(fit_part, validation, TINY_SPACE, local_max_cells=10**9, **args)
+    assert [t.params for t in on_driver.trials] == [t.params for t in on_spark.trials]
+    for a, b in zip(on_driver.trials, on_spark.trials, strict=True):
+        assert a.value == pytest.approx(b.value, abs=1e-12)
 
 
 def test_tune_and_refit_from_config(spark: SparkSession, clustered: tuple[DataFrame, DataFrame]) -> None:

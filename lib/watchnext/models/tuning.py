@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame
@@ -36,10 +38,12 @@ from pyspark.sql import DataFrame
 from watchnext import progress
 from watchnext.concurrency import map_ordered
 from watchnext.config import AlsConfig, AlsSearchSpace, FloatRange, IntRange
-from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_USER_IDX
+from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RATING, COL_USER_IDX
+from watchnext.evaluation.local_metrics import ranking_metrics_arrays
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.evaluation.splits import stratified_split
-from watchnext.models.als import AlsParams, fit_als, top_k_items
+from watchnext.models.als import AlsParams, BiasedAlsModel, factor_frames, fit_als, top_k_items
+from watchnext.models.topk import block_rows_for, top_positions
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,81 @@ def _suggest(trial: Any, method: Method, dims: dict[str, IntRange | FloatRange])
     return out
 
 
+@dataclass(frozen=True)
+class LocalValidation:
+    """The validation users, their fitting items and held-out items on the driver: each trial's top K
+    is then scored in numpy from the model's factors (the same float32 products and tie rule as
+    ``topk_from_factors``, the same metric values as ``ranking_metrics``), not by Spark jobs."""
+
+    users: np.ndarray  # sorted distinct validation users
+    seen_user: np.ndarray  # fitting pairs of those users, sorted by user
+    seen_item: np.ndarray
+    truth_user: np.ndarray
+    truth_item: np.ndarray
+
+    @classmethod
+    def collect(
+        cls, train: DataFrame, validation: DataFrame, max_cells: int, col_user: str, col_item: str
+    ) -> LocalValidation | None:
+        """The arrays, or None when validation users x fitting items exceeds ``max_cells``."""
+        users = validation.select(col_user).distinct()
+        n_users, n_items = users.count(), train.select(col_item).distinct().count()
+        if n_users * n_items > max_cells:
+            log.info(
+                "ALS trials scored on Spark: %d validation users x %d items > %d cells",
+                n_users, n_items, max_cells,
+            )  # fmt: skip
+            return None
+        seen: pd.DataFrame = train.select(col_user, col_item).join(users, col_user, "left_semi").toPandas()
+        truth: pd.DataFrame = validation.select(col_user, col_item).toPandas()
+        ids: pd.DataFrame = users.toPandas()
+        seen = seen.sort_values([col_user, col_item], kind="stable")
+        return cls(
+            users=np.sort(ids[col_user].to_numpy(np.int64)),
+            seen_user=seen[col_user].to_numpy(np.int64),
+            seen_item=seen[col_item].to_numpy(np.int64),
+            truth_user=truth[col_user].to_numpy(np.int64),
+            truth_item=truth[col_item].to_numpy(np.int64),
+        )
+
+    def metrics(self, model: ALSModel | BiasedAlsModel, k: int) -> dict[str, float]:
+        """``ranking_metrics`` at ``k`` of ``model``'s top ``k`` (fitting items excluded) per user."""
+        frames: list[pd.DataFrame] = [f.toPandas() for f in factor_frames(model)]
+        user_f, item_f = frames
+        user_f = user_f[user_f[COL_USER_IDX].isin(self.users)].sort_values(COL_USER_IDX)
+        item_f = item_f.sort_values(COL_ITEM_IDX)
+        item_ids = item_f[COL_ITEM_IDX].to_numpy(np.int64)
+        uids = user_f[COL_USER_IDX].to_numpy(np.int64)
+        out_u, out_i, out_r = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        if len(uids) and len(item_ids):
+            q_t = np.ascontiguousarray(np.stack(item_f[COL_FEATURES].to_numpy()).astype(np.float32).T)
+            p = np.stack(user_f[COL_FEATURES].to_numpy()).astype(np.float32)
+            # seen pairs -> (row of uids, item position); pairs without factors on either side drop out
+            rows = np.minimum(np.searchsorted(uids, self.seen_user), len(uids) - 1)
+            cols = np.minimum(np.searchsorted(item_ids, self.seen_item), len(item_ids) - 1)
+            ok = (uids[rows] == self.seen_user) & (item_ids[cols] == self.seen_item)
+            rows, cols = rows[ok], cols[ok]
+            block = block_rows_for(len(item_ids), None)
+            for start in range(0, len(uids), block):
+                stop = min(start + block, len(uids))
+                scores = p[start:stop] @ q_t
+                lo, hi = np.searchsorted(rows, [start, stop])
+                scores[rows[lo:hi] - start, cols[lo:hi]] = -np.inf
+                top, vals = top_positions(scores, k)
+                keep = vals > -np.inf
+                out_u.append(np.repeat(uids[start:stop], np.count_nonzero(keep, axis=1)))
+                out_i.append(item_ids[top[keep]])
+                out_r.append(np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[keep])
+        return ranking_metrics_arrays(
+            np.concatenate(out_u),
+            np.concatenate(out_i),
+            np.concatenate(out_r),
+            self.truth_user,
+            self.truth_item,
+            [k],
+        )
+
+
 def tune_als(
     train: DataFrame,
     validation: DataFrame,
@@ -158,6 +237,7 @@ def tune_als(
     log_to_mlflow: bool = True,
     num_blocks: int | None = None,
     concurrent_trials: int = 1,
+    local_max_cells: int = 0,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
@@ -173,6 +253,10 @@ def tune_als(
     ``concurrent_trials`` trials are proposed at a time (Optuna's ask), fitted side by side
     (watchnext.concurrency.map_ordered) and reported back in the order asked (tell): the search is as
     deterministic as a one-by-one one, and 1 is exactly that.
+
+    ``local_max_cells``: when validation users x fitting items is at most this, each trial's lists
+    are scored on the driver (:class:`LocalValidation`, the same values) instead of by Spark jobs;
+    0: always Spark.
     """
     import optuna
 
@@ -199,13 +283,20 @@ def tune_als(
     seen = train.select(col_user, col_item)
     cols: dict[str, Any] = {"col_user": col_user, "col_item": col_item}
     trials: list[Trial] = []
+    local = (
+        LocalValidation.collect(train, validation, local_max_cells, col_user, col_item)
+        if local_max_cells and (col_user, col_item) == (COL_USER_IDX, COL_ITEM_IDX)
+        else None
+    )
 
     def evaluate(params: AlsParams) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
         model: ALSModel = fit_als(train, params, num_blocks=num_blocks, col_rating=col_rating, **cols)
-        recs = top_k_items(model, users, k, seen, **cols)
-        metrics = ranking_metrics(recs, validation, k, **cols)
-        del model, recs
+        if local is not None:
+            metrics = local.metrics(model, k)
+        else:
+            metrics = ranking_metrics(top_k_items(model, users, k, seen, **cols), validation, k, **cols)
+        del model
         gc.collect()  # drop py4j references, so the JVM can free the trial's factors and broadcast
         return metrics, time.perf_counter() - t0
 
@@ -309,6 +400,7 @@ def tune_from_config(
         log_to_mlflow=log_to_mlflow,
         num_blocks=cfg.num_blocks,
         concurrent_trials=t.concurrent_trials,
+        local_max_cells=t.local_max_cells,
         col_rating=col_rating,
         **cols,
     )

@@ -466,6 +466,9 @@ class EvaluationConfig(_Strict):
     trending_window_days: float = Field(30.0, gt=0)
     # Models scored side by side (watchnext.concurrency); 1: one after another (large data, less memory).
     concurrent_models: int = Field(3, ge=1)
+    # Lists up to this many rows in all (test users x max K x models) are collected and scored on the
+    # driver (evaluation/local_metrics.py, the same values); beyond, every metric is a Spark job.
+    local_max_rows: int = Field(5_000_000, ge=0)
 
     @model_validator(mode="after")
     def _time_needs_cutoff(self) -> EvaluationConfig:

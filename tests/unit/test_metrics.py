@@ -13,7 +13,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from watchnext.constants import COL_GENRES, COL_ITEM_IDX, COL_RANK, COL_RATING, COL_SCORE, COL_USER_IDX
-from watchnext.evaluation.local_metrics import ranking_metrics_arrays
+from watchnext.evaluation.beyond_accuracy import feature_table
+from watchnext.evaluation.local_metrics import LocalTrainStats, evaluate_all_arrays, ranking_metrics_arrays
 from watchnext.evaluation.metrics import (
     TrainStats,
     catalog_coverage,
@@ -429,3 +430,51 @@ def test_local_ranking_metrics_equal_the_spark_ones(spark: SparkSession, random_
     _approx(got, expected)
     with pytest.raises(ValueError, match="no user with a relevant item"):
         ranking_metrics_arrays(rec_u, rec_i, rec_r, truth_u[:0], truth_i[:0], [10])
+
+
+@pytest.mark.parametrize("key", ["score", "rank"])
+def test_evaluate_all_on_arrays_equals_evaluate_all(
+    spark: SparkSession, random_lists: RandomLists, key: str
+) -> None:
+    """The evaluate stage's driver path (lists collected, every metric in numpy) gives evaluate_all's
+    values: duplicated (user, item) rows, lists ranked by score or by rank, items never in train,
+    items without genres."""
+    _, _, score_rows = random_lists
+    rows = score_rows + score_rows[:7]  # duplicates keep their best position
+    if key == "rank":  # ranks by score, with gaps (rank * 2): ranks order the list, not their values
+        by_user: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        for u, i, s in score_rows:
+            by_user[u].append((-s, i))
+        rows = [(u, i, float(2 * r)) for u, xs in by_user.items() for r, (_, i) in enumerate(sorted(xs), 1)]
+    recs = spark.createDataFrame(rows, f"{USER} int, {ITEM} int, {key} double")
+    _, truth = _random_frames(spark, random_lists)
+    rng = np.random.default_rng(11)
+    weights = 1.0 / np.arange(1, 181)
+    train_pairs = [(u, int(i)) for u in range(80) for i in rng.choice(180, 20, p=weights / weights.sum())]
+    train = spark.createDataFrame(train_pairs, PAIRS)
+    genres = [(i, sorted(set(rng.choice(list("abcdef"), size=rng.integers(0, 4))))) for i in range(200)]
+    features = spark.createDataFrame(genres, GENRES)
+    stats = TrainStats.of(train)
+    try:
+        expected = evaluate_all(
+            recs, truth, 10, train=stats, n_items=200, item_features=features, ranking_ks=[5, 20]
+        )
+        local = recs.toPandas()
+        t = truth.toPandas()
+        got = evaluate_all_arrays(
+            local[USER].to_numpy(np.int64),
+            local[ITEM].to_numpy(np.int64),
+            local[key].to_numpy(np.float64),
+            key_is_rank=key == "rank",
+            truth_user=t[USER].to_numpy(np.int64),
+            truth_item=t[ITEM].to_numpy(np.int64),
+            k=10,
+            ranking_ks=[5, 20],
+            stats=LocalTrainStats.of(stats),
+            n_items=200,
+            features=feature_table(features, ITEM, COL_GENRES),
+        )
+    finally:
+        stats.release()
+    assert len(expected) == 18 + 5
+    _approx(got, expected)

@@ -125,7 +125,7 @@ def intra_list_diversity(
     """
     require_columns(recs, [col_user, col_item], "recs")
     require_columns(item_features, [col_item, col_features], "item_features")
-    table = _feature_table(item_features, col_item, col_features)
+    table = feature_table(item_features, col_item, col_features)
     # Each list's pairs scored in numpy on whole partitions of the lists shuffled by user, against the
     # item features broadcast as bit sets (arrays) or codes (scalars). As a self-join of the lists it
     # was ~80% of the evaluate stage (users x K^2 pair rows with two array functions each).
@@ -135,7 +135,7 @@ def intra_list_diversity(
     )
 
     def step(t: pa.Table) -> pa.Table:
-        users, ild = _list_diversity(
+        users, ild = list_diversity(
             t.column(col_user).to_numpy(), t.column(col_item).to_numpy(), *feats.value
         )
         return pa.table({"_u": users, "_ild": ild})
@@ -147,7 +147,9 @@ def intra_list_diversity(
         feats.unpersist()
 
 
-def _feature_table(item_features: DataFrame, col_item: str, col_features: str) -> tuple[np.ndarray, ...]:
+def feature_table(
+    item_features: DataFrame, col_item: str, col_features: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(item ids sorted, features in that order, is_set)``: each item's feature set as ``ceil(V / 64)``
     uint64 words of bits (``V`` distinct values; a null array is the empty set), or its scalar as an
     int64 code (-1 for null). One row per item (item-sized, collected); a duplicated item is an error."""
@@ -176,7 +178,7 @@ def _feature_table(item_features: DataFrame, col_item: str, col_features: str) -
 _PAIR_CELLS = 1 << 22  # (lists x pairs) scored at once
 
 
-def _list_diversity(
+def list_diversity(
     users: np.ndarray, items: np.ndarray, feat_items: np.ndarray, feats: np.ndarray, is_set: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per user, the mean dissimilarity over the pairs of its distinct items that have features; users

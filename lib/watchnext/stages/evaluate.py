@@ -15,6 +15,8 @@ import re
 import time
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,8 +31,10 @@ from watchnext.constants import (
     COL_K,
     COL_METRIC,
     COL_MODEL,
+    COL_RANK,
     COL_RUN_DATE,
     COL_RUN_ID,
+    COL_SCORE,
     COL_USER_IDX,
     COL_VALUE,
     TABLE_EVAL_PREDICTIONS,
@@ -40,6 +44,8 @@ from watchnext.constants import (
     TABLE_ITEMS,
 )
 from watchnext.evaluation import protocol
+from watchnext.evaluation.beyond_accuracy import feature_table
+from watchnext.evaluation.local_metrics import LocalTrainStats, evaluate_all_arrays
 from watchnext.evaluation.metrics import TrainStats, evaluate_all, rmse_mae
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.topk import topk_from_item_scores
@@ -83,15 +89,20 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     rows: list[tuple[str, str, int | None, float]] = []
     stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
     try:
-        # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K; recs is
-        # read once (evaluate_all persists its top-K cut, not the input); models side by side
-        scored = map_ordered(
-            lambda recs: evaluate_all(
-                recs, test, ev.k, train=stats, n_items=n_items, item_features=items, ranking_ks=ks
-            ),
-            lists.values(),
-            ev.concurrent_models,
-        )
+        n_users = users.count()
+        if n_users * max(ks) * len(lists) <= ev.local_max_rows:
+            # small lists: collected and scored on the driver, one job per model, the same values
+            scored = _scored_on_driver(lists, test, stats, items, n_items, ev.k, ks)
+        else:
+            # every K's ranking metrics in one pass, the beyond-accuracy ones at the primary K; recs
+            # is read once (evaluate_all persists its top-K cut, not the input); models side by side
+            scored = map_ordered(
+                lambda recs: evaluate_all(
+                    recs, test, ev.k, train=stats, n_items=n_items, item_features=items, ranking_ks=ks
+                ),
+                lists.values(),
+                ev.concurrent_models,
+            )
         for model, values in zip(lists, scored, strict=True):
             rows += [(model, *_split_name(name), v) for name, v in values.items()]
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
@@ -120,6 +131,41 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 2),
         "table": "\n" + table,
     }
+
+
+def _scored_on_driver(
+    lists: dict[str, DataFrame],
+    test: DataFrame,
+    stats: TrainStats,
+    items: DataFrame,
+    n_items: int,
+    k: int,
+    ks: list[int],
+) -> list[dict[str, float]]:
+    """``evaluate_all`` of every list, each collected once and scored in numpy (local_metrics.py)."""
+    truth: pd.DataFrame = test.select(COL_USER_IDX, COL_ITEM_IDX).toPandas()
+    local = LocalTrainStats.of(stats)
+    features = feature_table(items, COL_ITEM_IDX, COL_GENRES)
+    out = []
+    for recs in lists.values():
+        key = COL_RANK if COL_RANK in recs.columns else COL_SCORE
+        pdf: pd.DataFrame = recs.select(COL_USER_IDX, COL_ITEM_IDX, key).toPandas()
+        out.append(
+            evaluate_all_arrays(
+                pdf[COL_USER_IDX].to_numpy(np.int64),
+                pdf[COL_ITEM_IDX].to_numpy(np.int64),
+                pdf[key].to_numpy(np.float64),
+                key_is_rank=key == COL_RANK,
+                truth_user=truth[COL_USER_IDX].to_numpy(np.int64),
+                truth_item=truth[COL_ITEM_IDX].to_numpy(np.int64),
+                k=k,
+                ranking_ks=ks,
+                stats=local,
+                n_items=n_items,
+                features=features,
+            )
+        )
+    return out
 
 
 def _stored(spark: SparkSession, path: str, run_date: dt.date) -> dict[str, DataFrame]:

@@ -213,6 +213,29 @@ def test_shards_split_rounds_between_ranks_exactly(spark: SparkSession, tmp_path
     assert users[0] | users[1] == set(pdf.user_idx)
 
 
+def test_ranks_draw_the_negatives_training_rows_materialises(spark: SparkSession, tmp_path: Path) -> None:
+    """The stage's path: positives sharded by user, each rank drawing its users' negatives per round,
+    gives exactly the rows of training_rows (same draws), a user's rows on one rank; a user who has
+    seen every item is left out and an item outside the catalogue is refused."""
+    _, df = _interactions(spark)
+    pos = ncf_data.positives(df)
+    full = spark.createDataFrame([(9, i) for i in range(30)], "user_idx int, item_idx int")
+    sampling = ncf_data.NegativeSampling(n_items=30, per_positive=2, rounds=3, seed=1)
+    rows = ncf_data.training_positives(pos.unionByName(full), 30)
+    data = ncf_data.write_shards(rows, str(tmp_path / "train"), shards=6, seed=9, sampling=sampling)
+    reference = ncf_data.training_rows(pos, 30, 2, 3, seed=1).toPandas()
+    assert data.rounds == 3 and data.sampling == sampling and data.rows == len(reference) // 3
+    for r in range(3):
+        parts = [ncf_data.read_rank_shards(data, rank, 2, r) for rank in range(2)]
+        assert not set(parts[0]["user_idx"]) & set(parts[1]["user_idx"])
+        w = reference[reference["round"] == r]
+        want = _train_df(spark, w.user_idx, w.item_idx, w.negatives)
+        got = [_train_df(spark, p["user_idx"], p["item_idx"], p["negatives"]) for p in parts]
+        assertDataFrameEqual(got[0].unionByName(got[1]), want)
+    with pytest.raises(ValueError, match="n_items is too small"):
+        ncf_data.training_positives(pos, 10)
+
+
 def test_iter_batches_wraps_around_to_the_common_step_count() -> None:
     arrays = {
         "user_idx": np.arange(10),

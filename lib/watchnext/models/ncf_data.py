@@ -10,9 +10,13 @@
   each epoch as in the paper when ``rounds >= epochs``.
 * :func:`sampled_eval_rows`: the paper's evaluation: per user one held-out item among
   ``num_negatives`` items the user never interacted with, sampled without replacement.
-* :func:`write_shards`: Parquet partitioned by (round, shard); ``shard`` is a seeded hash of the row, so
-  every rank of any ``num_proc`` reads the shards ``s % size == rank`` and gets a near-equal share.
-  Nothing is collected to the driver.
+* :func:`training_positives` and :func:`sample_negatives`: the same rows without writing the
+  negatives: the shards hold each user's positives (a user in one shard) and every rank draws the
+  negatives of its users for each round with the same seeded generator, so the training data is the
+  one :func:`training_rows` materialises, at a fraction of the Parquet written (what the stage does).
+* :func:`write_shards`: Parquet partitioned by (round, shard); ``shard`` is a seeded hash of the row (or
+  of the user), so every rank of any ``num_proc`` reads the shards ``s % size == rank`` and gets a
+  near-equal share. Nothing is collected to the driver.
 """
 
 from __future__ import annotations
@@ -56,13 +60,26 @@ _TRAIN_ROWS = T.StructType(
 
 
 @dataclass(frozen=True)
+class NegativeSampling:
+    """Negatives drawn in the ranks (:func:`sample_negatives`): ``per_positive`` unseen items per
+    positive and round, ``rounds`` rounds, from ``numpy.random.default_rng([seed, user, round])``."""
+
+    n_items: int
+    per_positive: int
+    rounds: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class ShardedData:
-    """Where a rank finds its data, and how much there is."""
+    """Where a rank finds its data, and how much there is. With ``sampling``, the shards hold the
+    positives only (one round, a user's rows in one shard) and each rank draws their negatives."""
 
     path: str
     rounds: int
     shards: int
     rows: int  # per round (every round has the same rows)
+    sampling: NegativeSampling | None = None
 
 
 def positives(
@@ -150,6 +167,41 @@ def training_rows(pos: DataFrame, n_items: int, num_negatives: int, rounds: int,
     return pos.groupBy(COL_USER_IDX).applyInArrow(per_user, _TRAIN_ROWS)
 
 
+def training_positives(pos: DataFrame, n_items: int) -> DataFrame:
+    """``(user_idx, item_idx, round = 0)``: the positives :func:`training_rows` would keep, for the
+    ranks to draw their negatives (:func:`sample_negatives`, the same draws) instead of writing them.
+
+    Raises ``ValueError`` for an item outside ``[0, n_items)``; a user who has interacted with every
+    item has no negatives to draw and is left out, with a warning."""
+    require_columns(pos, [COL_USER_IDX, COL_ITEM_IDX], "positives")
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    lo, hi = pos.agg(F.min(COL_ITEM_IDX), F.max(COL_ITEM_IDX)).head(1)[0]
+    if hi is not None and (lo < 0 or hi >= n_items):
+        raise ValueError(f"positives have item_idx {lo}..{hi}, outside [0, {n_items}): n_items is too small")
+    full = pos.groupBy(COL_USER_IDX).count().where(F.col("count") >= n_items).select(COL_USER_IDX)
+    for row in full.collect():
+        log.warning("user %d interacted with every item: no negatives, left out of training", row[0])
+    return pos.join(F.broadcast(full), COL_USER_IDX, "left_anti").select(
+        F.col(COL_USER_IDX).cast("int"), F.col(COL_ITEM_IDX).cast("int"), F.lit(0).alias(COL_ROUND)
+    )
+
+
+def sample_negatives(
+    user: np.ndarray, item: np.ndarray, sampling: NegativeSampling, round_: int
+) -> np.ndarray:
+    """``(rows, per_positive)`` negatives of round ``round_`` for positives sorted by (user, item), a
+    user's positives all present: per user the draws of :func:`training_rows` for that round."""
+    k = sampling.per_positive
+    out = np.empty((len(user), k), dtype=np.int32)
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, int)
+    for a, b in zip(starts, np.r_[starts[1:], len(user)], strict=True):
+        items = item[a:b].astype(np.int64)
+        rng = np.random.default_rng([sampling.seed, int(user[a]), round_])
+        out[a:b] = _sample_unseen(rng, items, sampling.n_items, (b - a) * k).reshape(b - a, k)
+    return out
+
+
 def holdout_latest(
     test: DataFrame,
     *,
@@ -215,16 +267,26 @@ def shard_of(seed: int, shards: int, *cols: str) -> Column:
     )
 
 
-def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user: bool = False) -> ShardedData:
-    """Write ``rows`` (training rows, or labelled evaluation rows) to ``path`` as Parquet partitioned
-    by (round, shard).
+def write_shards(
+    rows: DataFrame,
+    path: str,
+    shards: int,
+    seed: int,
+    *,
+    by_user: bool = False,
+    sampling: NegativeSampling | None = None,
+) -> ShardedData:
+    """Write ``rows`` (training rows, labelled evaluation rows, or with ``sampling`` the positives of
+    :func:`training_positives`) to ``path`` as Parquet partitioned by (round, shard).
 
-    ``by_user``: all rows of a user in one shard (evaluation sets, scored per user); otherwise each row
-    is hashed on its own key, so shards are balanced even when users are not.
+    ``by_user`` (always with ``sampling``): all rows of a user in one shard (evaluation sets, scored
+    per user; positives whose negatives a rank draws); otherwise each row is hashed on its own key,
+    so shards are balanced even when users are not.
     """
     require_columns(rows, [COL_USER_IDX, COL_ITEM_IDX, COL_ROUND], "rows")
-    if COL_LABEL not in rows.columns and COL_NEGATIVES not in rows.columns:
+    if COL_LABEL not in rows.columns and COL_NEGATIVES not in rows.columns and sampling is None:
         raise ValueError(f"rows need a {COL_LABEL!r} or a {COL_NEGATIVES!r} column, got {rows.columns}")
+    by_user = by_user or sampling is not None
     key = [COL_USER_IDX] if by_user else [COL_USER_IDX, COL_ITEM_IDX, COL_ROUND]
     if not by_user and COL_LABEL in rows.columns:
         key.append(COL_LABEL)
@@ -242,21 +304,26 @@ def write_shards(rows: DataFrame, path: str, shards: int, seed: int, *, by_user:
     lo, hi = (int(stats[0]), int(stats[1])) if n_rounds else (0, 0)
     if lo != hi:
         raise AssertionError(f"rounds written to {path} differ in size: {lo} .. {hi} rows")
+    if sampling is not None:
+        log.info("wrote %d positives in %d shards to %s (negatives drawn in the ranks)", hi, shards, path)
+        return ShardedData(path=path, rounds=sampling.rounds, shards=shards, rows=hi, sampling=sampling)
     log.info("wrote %d rounds x %d rows in %d shards to %s", n_rounds, hi, shards, path)
     return ShardedData(path=path, rounds=n_rounds, shards=shards, rows=hi)
 
 
 def read_rank_shards(data: ShardedData, rank: int, size: int, round_: int = 0) -> dict[str, np.ndarray]:
     """The rows of round ``round_`` in the shards ``s % size == rank`` as numpy arrays (``negatives``
-    as a 2-D array), sorted by (user, item, label): the same whatever order Spark wrote the files in."""
+    as a 2-D array; with ``data.sampling`` drawn here for the round), sorted by (user, item, label):
+    the same whatever order Spark wrote the files in."""
     import pyarrow.dataset as ds
 
     mine = [s for s in range(data.shards) if s % size == rank]
     dataset = ds.dataset(data.path, format="parquet", partitioning="hive")
     names = set(dataset.schema.names)
     cols = [COL_USER_IDX, COL_ITEM_IDX] + [c for c in (COL_LABEL, COL_NEGATIVES) if c in names]
+    stored = 0 if data.sampling is not None else round_
     table = dataset.to_table(
-        columns=cols, filter=(ds.field(COL_ROUND) == round_) & ds.field(COL_SHARD).isin(mine)
+        columns=cols, filter=(ds.field(COL_ROUND) == stored) & ds.field(COL_SHARD).isin(mine)
     )
     out: dict[str, np.ndarray] = {
         COL_USER_IDX: table.column(COL_USER_IDX).to_numpy().astype(np.int32),
@@ -273,7 +340,10 @@ def read_rank_shards(data: ShardedData, rank: int, size: int, round_: int = 0) -
         out[COL_NEGATIVES] = flat.reshape(len(lists), width)
     keys = [out[COL_USER_IDX], out[COL_ITEM_IDX]] + ([out[COL_LABEL]] if COL_LABEL in out else [])
     order = np.lexsort(keys[::-1])
-    return {k: v[order] for k, v in out.items()}
+    out = {k: v[order] for k, v in out.items()}
+    if data.sampling is not None:
+        out[COL_NEGATIVES] = sample_negatives(out[COL_USER_IDX], out[COL_ITEM_IDX], data.sampling, round_)
+    return out
 
 
 def iter_batches(

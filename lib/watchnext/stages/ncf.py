@@ -99,8 +99,10 @@ def train_on(
     paper's sampled protocol."""
     n = cfg.ncf
     pos = ncf_data.positives(train, n.positive_threshold)
-    rows = ncf_data.training_rows(pos, n_items, n.num_negatives, n.negative_rounds, n.seed)
-    data = ncf_data.write_shards(rows, f"{work_dir}/train", n.shards, n.seed)
+    # The positives go to the ranks, which draw each round's negatives themselves (ncf_data).
+    sampling = ncf_data.NegativeSampling(n_items, n.num_negatives, n.negative_rounds, n.seed)
+    rows = ncf_data.training_positives(pos, n_items)
+    data = ncf_data.write_shards(rows, f"{work_dir}/train", n.shards, n.seed, sampling=sampling)
     evaluation = None
     if holdout is not None and known is not None:
         ev_rows = ncf_data.sampled_eval_rows(holdout, known, n_items, n.eval_negatives, n.seed + 1)

@@ -86,3 +86,23 @@ def test_spark_linear_algebra_runs_on_the_venvs_mkl(spark: SparkSession) -> None
     netlib = spark.sparkContext._jvm.dev.ludovic.netlib
     assert netlib.lapack.LAPACK.getInstance().getClass().getName() == "dev.ludovic.netlib.lapack.JNILAPACK"
     assert netlib.blas.NativeBLAS.getInstance().getClass().getName() == "dev.ludovic.netlib.blas.JNIBLAS"
+
+
+@pytest.mark.spark
+def test_python_workers_fork_from_the_frozen_daemon(spark: SparkSession) -> None:
+    """conf/local.yaml's (and the test session's) spark.python.daemon.module: every task's worker was
+    forked from watchnext.worker_daemon after it imported the kernels and froze them, so the
+    collection the daemon runs after each task skips them."""
+
+    def probe(batches):  # noqa: ANN001, ANN202
+        import gc
+        import sys
+
+        import pandas as pd
+
+        for _ in batches:
+            frozen = gc.get_freeze_count()
+            yield pd.DataFrame({"frozen": [frozen], "numpy": ["numpy" in sys.modules]})
+
+    rows = spark.range(8).repartition(2).mapInPandas(probe, "frozen long, numpy boolean").collect()
+    assert len(rows) == 2 and all(r.numpy and r.frozen > 50_000 for r in rows)

@@ -82,6 +82,9 @@ def _cached_model(model_dir: str) -> tuple[Any, NcfSpec]:
         _MODELS.clear()
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         _MODELS[model_dir] = _load(model_dir)
+        import gc
+
+        gc.freeze()  # TensorFlow's ~200k objects: out of the collection Spark runs after each task
     return _MODELS[model_dir]
 
 

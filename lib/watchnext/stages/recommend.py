@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyspark import StorageLevel
@@ -95,6 +96,8 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     tracking.log_params({"blend.sources": ",".join(rc.sources), "blend.n": rc.n})
     persisted: list[DataFrame] = [interactions]
     sources: list[Sources] = []
+    tuned: BlendTuning | None = None
+    pool: ThreadPoolExecutor | None = None
     try:
         train, test = protocol.split(interactions, cfg.evaluation)
         train = train.persist(StorageLevel.MEMORY_AND_DISK)
@@ -115,24 +118,15 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         summary["tuning_seconds"] = round(time.perf_counter() - ts, 2)
         tracking.log_params({f"blend.weight.{s}": w for s, w in weights.items()})
 
-        # 2. the blend on the protocol's train split, scored by the evaluate stage
-        ts = time.perf_counter()
-        k = max(cfg.evaluation.ks + [cfg.evaluation.k])
-        offline = fit_sources(cfg, train, item_clusters, als_params, stored=(spark, run_date))
-        sources.append(offline)
-        test_users = test.select(COL_USER_IDX)
-        recs = candidates.top_n(cfg, offline, test_users, item_clusters, weights, k, ranker)
-        protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
-        if recipe != "linear" and rc.tuning.enabled:  # the linear blend scored beside the recipe
-            linear = candidates.top_n(cfg, offline, test_users, item_clusters, tuned.search.weights, k)
-            protocol.write_recommendations(linear, cfg, LINEAR_MODEL_NAME, run_date, run_id)
-        if offline.ease is not None:  # EASE has no stage of its own: its offline lists come from here
-            ease = top_k_ease(offline.ease, offline.history, test_users, k)
-            protocol.write_recommendations(ease, cfg, EASE_MODEL_NAME, run_date, run_id)
-        offline.release()
-        summary["offline_models"] = dict(offline.origin)
-        log.info("offline blend: train-split models %s", offline.origin)
-        summary["offline_seconds"] = round(time.perf_counter() - ts, 2)
+        # 2. the blend on the protocol's train split, scored by the evaluate stage: in a thread beside
+        # the publish step (they share only read-only inputs; each one's driver-side work, planning and
+        # commits leave the executors idle, which the other fills). MLflow calls stay on this thread.
+        pool = ThreadPoolExecutor(max_workers=1)
+        offline_done = pool.submit(
+            _offline_lists, spark, cfg, train, test, item_clusters, als_params, weights, ranker,
+            tuned_weights=tuned.search.weights if tuned is not None and recipe != "linear" else None,
+            run_date=run_date, run_id=run_id,
+        )  # fmt: skip
 
         # 3. publish
         ts = time.perf_counter()
@@ -186,13 +180,52 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
                 TABLE_BECAUSE_YOU_WATCHED,
             )
         }
+        summary.update(offline_done.result())
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # the offline lists finish (or fail) before anything is released
         for src in sources:
             src.release()
         for df in persisted:
             df.unpersist()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _offline_lists(
+    spark: SparkSession,
+    cfg: Config,
+    train: DataFrame,
+    test: DataFrame,
+    item_clusters: DataFrame,
+    als_params: Any,
+    weights: dict[str, float],
+    ranker: Any | None,
+    *,
+    tuned_weights: dict[str, float] | None,
+    run_date: dt.date,
+    run_id: str,
+) -> dict[str, Any]:
+    """The published recipe (``blend``), the tuned linear blend beside a learned or single-source
+    recipe (``linear_blend``) and EASE on the protocol's train split, for the test users, to
+    ``eval_recommendations``; the train-split models the als and similarities stages stored are read."""
+    ts = time.perf_counter()
+    k = max(cfg.evaluation.ks + [cfg.evaluation.k])
+    offline = fit_sources(cfg, train, item_clusters, als_params, stored=(spark, run_date))
+    try:
+        test_users = test.select(COL_USER_IDX)
+        recs = candidates.top_n(cfg, offline, test_users, item_clusters, weights, k, ranker)
+        protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
+        if tuned_weights is not None:  # the linear blend scored beside the recipe
+            linear = candidates.top_n(cfg, offline, test_users, item_clusters, tuned_weights, k)
+            protocol.write_recommendations(linear, cfg, LINEAR_MODEL_NAME, run_date, run_id)
+        if offline.ease is not None:  # EASE has no stage of its own: its offline lists come from here
+            ease = top_k_ease(offline.ease, offline.history, test_users, k)
+            protocol.write_recommendations(ease, cfg, EASE_MODEL_NAME, run_date, run_id)
+    finally:
+        offline.release()
+    log.info("offline blend: train-split models %s", offline.origin)
+    return {"offline_models": dict(offline.origin), "offline_seconds": round(time.perf_counter() - ts, 2)}
 
 
 def _log_ranker(cfg: Config, tuned: BlendTuning) -> str | None:

@@ -87,7 +87,6 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.ui.showConsoleProgress": "false",
             # the embedded default's collector (conf/local.yaml): less CPU than G1 on 2 cores
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp} -XX:+UseParallelGC",
-            "spark.python.daemon.module": "watchnext.worker_daemon",  # as conf/local.yaml
             # Small Delta commits in tests: skip the per-commit stats collection overhead we don't read.
             "spark.databricks.delta.snapshotPartitions": "2",
             # Memory pages sized for test data. Spark's default (heap x 0.6 / cores / 16, to a power of

@@ -75,6 +75,10 @@ class SparkConfig(_Strict):
     # "auto" loads the MKL runtime the `mkl` package installs in this Python environment when there is
     # one, "off" keeps netlib's Java BLAS, or the path of a libblas-compatible library (session.py).
     native_blas: str = "auto"
+    # Local masters: Python workers fork from watchnext.worker_daemon, which imported and froze the
+    # kernels (no ~50 ms gc.collect() after every task). Not on clusters, where the executors import
+    # watchnext only from --py-files at task time, after the daemon has started.
+    worker_daemon: bool = True
     conf: dict[str, str] = Field(default_factory=dict)  # any extra spark.* settings
 
 

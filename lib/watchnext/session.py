@@ -110,6 +110,8 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
 
 
+# Spark's Python daemon with the kernels imported and frozen before it forks (worker_daemon.py).
+WORKER_DAEMON = "watchnext.worker_daemon"
 NETLIB_PROPERTIES = ("dev.ludovic.netlib.blas.nativeLibPath", "dev.ludovic.netlib.lapack.nativeLibPath")
 
 
@@ -176,6 +178,8 @@ def build_session(
         settings["spark.driver.memory"] = cfg.driver_memory
     if cfg.local_dir:
         settings["spark.local.dir"] = cfg.local_dir
+    if cfg.worker_daemon and cfg.master and cfg.master.startswith("local"):
+        settings["spark.python.daemon.module"] = WORKER_DAEMON
     settings.update(cfg.conf)
     blas = native_blas_library(cfg.native_blas)
     if blas is not None:

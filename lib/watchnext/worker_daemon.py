@@ -7,8 +7,10 @@ pandas, pyarrow, scipy and the pipeline's kernels holds ~100k tracked objects, s
 calls ``gc.freeze()`` before forking (what ``gc.freeze`` is for): the forked workers share the
 imported modules and their collections skip the frozen objects.
 
-Set with ``spark.python.daemon.module: watchnext.worker_daemon`` (``conf/local.yaml``); on a cluster the
-executors need the ``watchnext`` wheel installed, as they do for the pipeline's UDFs anyway.
+The session factory sets ``spark.python.daemon.module`` to it for local masters (``spark.worker_daemon``,
+on by default), where the workers run the driver's Python with ``watchnext`` installed. Not on a
+cluster: executors that get ``watchnext`` through ``--py-files`` can import it only at task time, after
+the daemon has started.
 """
 
 from __future__ import annotations

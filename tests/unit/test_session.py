@@ -90,9 +90,10 @@ def test_spark_linear_algebra_runs_on_the_venvs_mkl(spark: SparkSession) -> None
 
 @pytest.mark.spark
 def test_python_workers_fork_from_the_frozen_daemon(spark: SparkSession) -> None:
-    """conf/local.yaml's (and the test session's) spark.python.daemon.module: every task's worker was
-    forked from watchnext.worker_daemon after it imported the kernels and froze them, so the
-    collection the daemon runs after each task skips them."""
+    """A local master's session (the test session's too) sets spark.python.daemon.module: every task's
+    worker was forked from watchnext.worker_daemon after it imported the kernels and froze them, so
+    the collection the daemon runs after each task skips them."""
+    assert spark.conf.get("spark.python.daemon.module") == "watchnext.worker_daemon"
 
     def probe(batches):  # noqa: ANN001, ANN202
         import gc

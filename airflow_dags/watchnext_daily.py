@@ -28,6 +28,19 @@ DAG_ID = "watchnext_daily"
 HOME = Path(os.environ.get("WATCHNEXT_HOME") or Path(__file__).resolve().parents[1])
 PYTHON = os.environ.get("WATCHNEXT_PYTHON") or str(HOME / ".venv" / "bin" / "python")
 EXECUTOR_PYTHON = os.environ.get("WATCHNEXT_EXECUTOR_PYTHON") or PYTHON
+# spark-submit starts the driver JVM before Python runs: the native BLAS the session factory points
+# netlib at (spark.native_blas: auto, the job venv's MKL) must come on its command line, or the stages
+# the DAG runs compute ALS with another BLAS than `watchnext run` does (factors differing by 1e-7).
+_MKL = sorted((Path(PYTHON).parent.parent / "lib").glob("libmkl_rt.so*"))
+NATIVE_BLAS_CONF = (
+    {
+        "spark.driver.extraJavaOptions": " ".join(
+            f"-Ddev.ludovic.netlib.{lib}.nativeLibPath={_MKL[-1]}" for lib in ("blas", "lapack")
+        )
+    }
+    if _MKL
+    else {}
+)
 PY_FILES = os.environ.get("WATCHNEXT_PY_FILES") or None
 # pyproject.toml pins delta-spark 4.4.0 on pyspark 4.2: the jars must be that version.
 SPARK_PACKAGES = os.environ.get("WATCHNEXT_SPARK_PACKAGES", "io.delta:delta-spark_4.2_2.13:4.4.0") or None
@@ -177,8 +190,14 @@ with DAG(
                 "spark.pyspark.python": EXECUTOR_PYTHON,
                 "spark.pyspark.driver.python": PYTHON,
                 "spark.log.level": "WARN",  # the driver's start-up INFO lines add nothing to the task log
+                **NATIVE_BLAS_CONF,
             },
-            env_vars={"WATCHNEXT_CONF_DIR": str(HOME / "conf"), "PYTHONHASHSEED": "0", **RUN_CONTEXT},
+            env_vars={
+                "WATCHNEXT_CONF_DIR": str(HOME / "conf"),
+                "PYTHONHASHSEED": "0",
+                "MKL_THREADING_LAYER": "SEQUENTIAL",
+                **RUN_CONTEXT,
+            },
             execution_timeout=STAGE_TIMEOUTS[name],
             doc_md=f"`spark-submit jobs/{name}.py --run-date {{{{ ds }}}} ...` (see the DAG docs)",
             **kwargs,

@@ -32,6 +32,7 @@ from pyspark.sql import types as T
 
 from watchnext.checks import require_columns
 from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_TIMESTAMP, COL_USER_IDX
+from watchnext.kernels import run_starts
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def sample_negatives(
     user's positives all present: per user the draws of :func:`training_rows` for that round."""
     k = sampling.per_positive
     out = np.empty((len(user), k), dtype=np.int32)
-    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, int)
+    starts = np.flatnonzero(run_starts(user))
     for a, b in zip(starts, np.r_[starts[1:], len(user)], strict=True):
         items = item[a:b].astype(np.int64)
         rng = np.random.default_rng([sampling.seed, int(user[a]), round_])

@@ -167,7 +167,8 @@ class LocalValidation:
     ) -> LocalValidation | None:
         """The arrays, or None when validation users x fitting items exceeds ``max_cells``."""
         users = validation.select(col_user).distinct()
-        n_users, n_items = users.count(), train.select(col_item).distinct().count()
+        ids: pd.DataFrame = users.toPandas()  # validation users: one collect, counted here
+        n_users, n_items = len(ids), train.select(col_item).distinct().count()
         if n_users * n_items > max_cells:
             log.info(
                 "ALS trials scored on Spark: %d validation users x %d items > %d cells",
@@ -176,7 +177,6 @@ class LocalValidation:
             return None
         seen: pd.DataFrame = train.select(col_user, col_item).join(users, col_user, "left_semi").toPandas()
         truth: pd.DataFrame = validation.select(col_user, col_item).toPandas()
-        ids: pd.DataFrame = users.toPandas()
         seen = seen.sort_values([col_user, col_item], kind="stable")
         return cls(
             users=np.sort(ids[col_user].to_numpy(np.int64)),

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # versions by design.
 LINEAGE = {"run_id", "mlflow_run_id", "model_versions", "model_version", "created_at", "written_at"}
 TOLERANCE_DIGITS = 6
+SHOWN_DIFFERENCES = 5  # rows of each side printed when a re-run changed a table
 
 
 def fail(problems: list[str], msg: str) -> None:
@@ -148,6 +149,9 @@ def same_as(spark: SparkSession, cfg: Config, snap: Path, problems: list[str]) -
         only_a, only_b = a.exceptAll(b).count(), b.exceptAll(a).count()
         if only_a or only_b:
             fail(problems, f"{name}: {only_a} rows only before, {only_b} rows only after the second run")
+            for label, rows in (("before", a.exceptAll(b)), ("after", b.exceptAll(a))):
+                for row in rows.limit(SHOWN_DIFFERENCES).collect():
+                    print(f"check_run:   only {label}: {row.asDict()}")
     if not problems:
         print(f"check_run: ok  the second run left all {len(before)} tables equal (lineage columns aside)")
 

@@ -195,7 +195,9 @@ with DAG(
             env_vars={
                 "WATCHNEXT_CONF_DIR": str(HOME / "conf"),
                 "PYTHONHASHSEED": "0",
+                # watchnext.session.MKL_ENV, as `watchnext run` sets it for its driver JVM
                 "MKL_THREADING_LAYER": "SEQUENTIAL",
+                "MKL_CBWR": "AUTO",
                 **RUN_CONTEXT,
             },
             execution_timeout=STAGE_TIMEOUTS[name],

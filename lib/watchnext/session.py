@@ -113,6 +113,10 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
 # Spark's Python daemon with the kernels imported and frozen before it forks (worker_daemon.py).
 WORKER_DAEMON = "watchnext.worker_daemon"
 NETLIB_PROPERTIES = ("dev.ludovic.netlib.blas.nativeLibPath", "dev.ludovic.netlib.lapack.nativeLibPath")
+# MKL for the JVM: one thread per task (Spark runs a task per core), and its conditional numerical
+# reproducibility mode, without which MKL's results may depend on the arrays' memory alignment, which
+# the Java heap does not fix: a re-run must give the same factors bit for bit (same cost, measured).
+MKL_ENV = {"MKL_THREADING_LAYER": "SEQUENTIAL", "MKL_CBWR": "AUTO"}
 
 
 def native_blas_library(setting: str, prefix: str | None = None) -> str | None:
@@ -136,14 +140,15 @@ def native_blas_library(setting: str, prefix: str | None = None) -> str | None:
 
 def native_blas_settings(library: str | None, settings: dict[str, str]) -> dict[str, str]:
     """``settings`` with netlib pointed at ``library`` on the driver and the executors (appended to
-    their ``extraJavaOptions``), MKL single-threaded per task (Spark runs one task per core)."""
+    their ``extraJavaOptions``) and the executors' environment set to ``MKL_ENV``."""
     if library is None:
         return settings
     out = dict(settings)
     props = " ".join(f"-D{p}={library}" for p in NETLIB_PROPERTIES)
     for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
         out[key] = f"{out[key]} {props}" if out.get(key) else props
-    out.setdefault("spark.executorEnv.MKL_THREADING_LAYER", "SEQUENTIAL")
+    for name, value in MKL_ENV.items():
+        out.setdefault(f"spark.executorEnv.{name}", value)
     return out
 
 
@@ -184,7 +189,8 @@ def build_session(
     blas = native_blas_library(cfg.native_blas)
     if blas is not None:
         settings = native_blas_settings(blas, settings)
-        os.environ.setdefault("MKL_THREADING_LAYER", "SEQUENTIAL")  # a local driver JVM inherits it
+        for name, value in MKL_ENV.items():  # a local driver JVM inherits them
+            os.environ.setdefault(name, value)
     for k, v in settings.items():
         builder = builder.config(k, v)
     if cfg.delta_jars == "maven":

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from watchnext.models.ease import SESSION_SPAN, fit_ease, session_gram, top_k_ease
+from watchnext.models.ease import SESSION_SPAN, EaseModel, fit_ease, session_gram, top_k_ease
 
 pytestmark = [pytest.mark.spark]
 
@@ -73,6 +73,22 @@ def test_top_k_matches_the_reference_with_anchors(spark: SparkSession) -> None:
     got = top_k_ease(model, df, users, 6)
     want = _reference_top_k(pairs[pairs.user_idx % 2 == 0], model.ids, model.weights.astype(np.float64), 6)
     assertDataFrameEqual(got, spark.createDataFrame(want, SCHEMA), rtol=1e-5)
+
+
+def test_top_k_does_not_depend_on_the_order_the_history_arrives_in(spark: SparkSession) -> None:
+    """A re-run must give the same bits: each user's scores are summed over the seen items in item
+    order, not in the order Spark's shuffle happened to deliver them."""
+    rng = np.random.default_rng(3)
+    pairs = pd.DataFrame({"user_idx": rng.integers(0, 40, 4000), "item_idx": rng.integers(0, 300, 4000)})
+    pairs = pairs.drop_duplicates().reset_index(drop=True)
+    ids = np.arange(300)
+    model = EaseModel(ids, rng.standard_normal((300, 300)).astype(np.float32), 0)
+    users = spark.createDataFrame(pd.DataFrame({"user_idx": np.arange(40)}))
+    runs = [
+        top_k_ease(model, spark.createDataFrame(pairs.iloc[order]).repartition(parts), users, 20)
+        for order, parts in ((np.arange(len(pairs)), 1), (rng.permutation(len(pairs)), 7))
+    ]
+    assertDataFrameEqual(runs[0], runs[1], rtol=0.0, atol=0.0)
 
 
 def test_size_limit_keeps_the_most_interacted_items_and_says_how_many_left(spark: SparkSession) -> None:

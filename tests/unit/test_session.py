@@ -73,6 +73,7 @@ def test_native_blas_settings_append_to_java_options() -> None:
         "spark.driver.extraJavaOptions": f"-XX:+UseParallelGC {props}",
         "spark.executor.extraJavaOptions": props,
         "spark.executorEnv.MKL_THREADING_LAYER": "SEQUENTIAL",
+        "spark.executorEnv.MKL_CBWR": "AUTO",
     }
     assert native_blas_settings(None, {"a": "b"}) == {"a": "b"}
 

@@ -48,6 +48,13 @@ $(VENV)/.horovod-stamp: $(VENV)/.deps-stamp
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -c "import horovod.tensorflow as hvd, horovod.spark; from horovod.common.util import gloo_built; assert gloo_built(), 'horovod built without Gloo'"
 	@touch $@
 
+# Spark fetches Delta's jars (spark.jars.packages) into the Ivy cache on its first start: part of the
+# set-up, so the first `make run` does not spend its first seconds on downloads.
+$(VENV)/.jars-stamp: $(VENV)/.deps-stamp
+	$(PY) -c "from watchnext.config import load_config; from watchnext.pipeline import session_for; \
+	    session_for(load_config().with_overrides('spark.log_level=ERROR')).stop()"
+	@touch $@
+
 $(AIRFLOW_VENV)/.airflow-stamp: airflow_dags/requirements.txt airflow_dags/constraints-3.11.txt
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_PY) -m pip install --quiet --upgrade "pip>=24"
@@ -56,7 +63,7 @@ $(AIRFLOW_VENV)/.airflow-stamp: airflow_dags/requirements.txt airflow_dags/const
 	$(AIRFLOW_PY) -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit"
 	@touch $@
 
-setup: $(VENV)/.horovod-stamp $(AIRFLOW_VENV)/.airflow-stamp setup-browser ## Create .venv (the job stack: Spark, Delta, TF, Horovod, MLflow) and .venv-airflow (Airflow)
+setup: $(VENV)/.horovod-stamp $(VENV)/.jars-stamp $(AIRFLOW_VENV)/.airflow-stamp setup-browser ## Create .venv (the job stack: Spark, Delta, TF, Horovod, MLflow) and .venv-airflow (Airflow)
 	@echo "watchnext installed in $(VENV), Airflow in $(AIRFLOW_VENV)"
 
 # The report test renders the page in headless Chromium driven by selenium (the [dev] extra). Browser
@@ -90,7 +97,7 @@ package: $(VENV)/.deps-stamp ## Build dist/watchnext-*.whl (pip install on clust
 	@ls -1 dist
 
 # Only the job environment: no Airflow, no browser, no root (the browser is for the report's test).
-run: $(VENV)/.horovod-stamp ## Set up the job environment, then run the whole pipeline locally (Delta in ./lakehouse, MLflow in ./mlruns, the report in ./reports)
+run: $(VENV)/.horovod-stamp $(VENV)/.jars-stamp ## Set up the job environment, then run the whole pipeline locally (Delta in ./lakehouse, MLflow in ./mlruns, the report in ./reports)
 	$(VENV)/bin/watchnext run $(ARGS)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.

@@ -151,12 +151,17 @@ def score_topk(
 ) -> DataFrame:
     """Top ``k`` of the whole catalogue ``[0, n_items)`` per distinct user of ``users`` by the model's
     probability, ``seen`` (user_idx, item_idx) excluded inside the block; ties to the smaller item.
-    Returns (user_idx, item_idx, score, rank)."""
+    Returns (user_idx, item_idx, score, rank).
+
+    The users are scored in fixed blocks, ``user_idx // block``, in user order: TensorFlow's products
+    give a user's logits other last bits in a batch of another shape, and the blocks a partition
+    happens to hold depend on the session (its shuffle partitions, spark-submit or in process), so a
+    re-run anywhere gives the same scores bit for bit."""
     from watchnext.models.topk import top_positions
 
     require_columns(users, [COL_USER_IDX], "users")
-    if k < 1 or n_items < 1:
-        raise ValueError(f"k and n_items must be >= 1, got {k}, {n_items}")
+    if k < 1 or n_items < 1 or block < 1:
+        raise ValueError(f"k, n_items and block must be >= 1, got {k}, {n_items}, {block}")
     u = users.select(F.col(COL_USER_IDX).cast("int")).distinct()
     if seen is not None:
         require_columns(seen, [COL_USER_IDX, COL_ITEM_IDX], "seen")
@@ -175,27 +180,26 @@ def score_topk(
         ]
     )
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score(pdf: pd.DataFrame) -> pd.DataFrame:  # one block of users
         logits = _catalogue_fn(model_dir, n_items)
-        for pdf in batches:
-            for s in range(0, len(pdf), block):
-                chunk = pdf.iloc[s : s + block]
-                ids = chunk[COL_USER_IDX].to_numpy(np.int32)
-                mat = logits(ids)
-                for row, items in enumerate(chunk["_seen"]):
-                    if items is not None and len(items):
-                        it = np.asarray(items, dtype=np.int64)
-                        mat[row, it[(it >= 0) & (it < n_items)]] = -np.inf
-                top, vals = top_positions(mat, k)
-                keep = vals > -np.inf
-                ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
-                yield pd.DataFrame(
-                    {
-                        COL_USER_IDX: np.broadcast_to(ids[:, None], top.shape)[keep],
-                        COL_ITEM_IDX: top[keep].astype(np.int32),
-                        COL_SCORE: _sigmoid(vals[keep]),
-                        COL_RANK: ranks[keep],
-                    }
-                )
+        pdf = pdf.sort_values(COL_USER_IDX)
+        ids = pdf[COL_USER_IDX].to_numpy(np.int32)
+        mat = logits(ids)
+        for row, items in enumerate(pdf["_seen"]):
+            if items is not None and len(items):
+                it = np.asarray(items, dtype=np.int64)
+                mat[row, it[(it >= 0) & (it < n_items)]] = -np.inf
+        top, vals = top_positions(mat, k)
+        keep = vals > -np.inf
+        ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
+        return pd.DataFrame(
+            {
+                COL_USER_IDX: np.broadcast_to(ids[:, None], top.shape)[keep],
+                COL_ITEM_IDX: top[keep].astype(np.int32),
+                COL_SCORE: _sigmoid(vals[keep]),
+                COL_RANK: ranks[keep],
+            }
+        )
 
-    return u.mapInPandas(score, schema)
+    blocks = u.withColumn("_block", F.floor(F.col(COL_USER_IDX) / F.lit(block)))
+    return blocks.groupBy("_block").applyInPandas(score, schema)

@@ -14,12 +14,41 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 import watchnext.models.topk as topk
-from watchnext.models.topk import top_by_partition, top_by_threshold, top_positions, topk_from_factors
+from watchnext.models.topk import (
+    top_by_partition,
+    top_by_threshold,
+    top_k_by_blocks,
+    top_positions,
+    topk_from_factors,
+)
 
 USER, ITEM, FEATURES, SCORE, RANK = "user_idx", "item_idx", "features", "score", "rank"
 
 
 # --- selection helpers ------------------------------------------------------------------------------
+
+
+def test_top_k_by_blocks_gives_the_same_lists_whatever_the_block() -> None:
+    """The same users, items, scores (bit for bit) and ranks for any number of users per GEMM, the
+    seen pairs excluded, on a catalogue wide enough for the threshold selection."""
+    rng = np.random.default_rng(8)
+    p = rng.standard_normal((50, 16)).astype(np.float32)
+    qt = rng.standard_normal((16, 3000)).astype(np.float32)
+    users, items = np.arange(100, 150), np.arange(3000) * 2
+    seen_rows = np.repeat(np.arange(50), 30)
+    seen_cols = rng.integers(0, 3000, len(seen_rows))
+    runs = [top_k_by_blocks(p, qt, users, items, 20, b, seen_rows, seen_cols) for b in (1, 7, 50, 4096)]
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+    u, i, s, r = runs[0]
+    full = p @ qt
+    full[seen_rows, seen_cols] = -np.inf
+    want_pos = np.argsort(-full, axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(u, np.repeat(users, 20))
+    np.testing.assert_array_equal(i, items[want_pos].ravel())
+    np.testing.assert_array_equal(s, np.take_along_axis(full, want_pos, axis=1).ravel().astype(np.float64))
+    np.testing.assert_array_equal(r, np.tile(np.arange(1, 21), 50))
 
 
 def _ref_positions(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -174,6 +174,55 @@ def _dense(arr: pa.Array, what: str) -> np.ndarray:
     return flat.to_numpy(zero_copy_only=False).reshape(len(arr), hi.as_py() or 0)
 
 
+def top_k_by_blocks(
+    p: np.ndarray,
+    qt: np.ndarray,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    k: int,
+    block: int,
+    seen_rows: np.ndarray | None = None,
+    seen_cols: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's top ``k`` items by ``p @ qt``, ``block`` users per GEMM: ``(users, items, scores,
+    ranks)`` arrays, users in the order of ``p``'s rows, ranks from 1, ties to the smaller position.
+    ``p``: ``(n_users, d)``, rows named by ``user_ids``; ``qt``: ``(d, n_items)``, columns named by
+    ``item_ids``; ``(seen_rows, seen_cols)``: (row of ``p``, column of ``qt``) pairs excluded, rows
+    ascending. Computed in ``p``'s and ``qt``'s dtype; a user's scores do not depend on its block."""
+    n_items = qt.shape[1]
+    if len(p) == 0 or n_items == 0:
+        empty = np.zeros(0, np.int64)
+        return user_ids[:0], item_ids[:0], np.zeros(0, np.float64), empty.astype(np.int32)
+    block = max(1, min(block, len(p)))
+    buf = np.empty((block, n_items), dtype=np.result_type(p.dtype, qt.dtype))  # reused by every block
+    threshold = n_items >= max(_THRESHOLD_MIN_COLS, _THRESHOLD_MIN_RATIO * k)
+    mask = np.empty((block, n_items), dtype=bool) if threshold else None
+    parts: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, len(p), block):
+        stop = min(start + block, len(p))
+        scores = buf[: stop - start]
+        np.matmul(p[start:stop], qt, out=scores)
+        if seen_rows is not None and seen_cols is not None:
+            lo, hi = np.searchsorted(seen_rows, [start, stop])
+            scores[seen_rows[lo:hi] - start, seen_cols[lo:hi]] = -np.inf
+        if mask is not None:
+            top, vals = top_by_threshold(scores, k, mask=mask[: stop - start])
+        else:
+            top, vals = top_positions(scores, k)
+        keep = vals > -np.inf  # seen items (and NaN) never come back
+        ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
+        parts.append(
+            (
+                np.repeat(user_ids[start:stop], np.count_nonzero(keep, axis=1)),
+                item_ids[top[keep]],
+                vals[keep].astype(np.float64),
+                ranks[keep],
+            )
+        )
+    users, items, scores_out, ranks_out = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return users, items, scores_out, ranks_out
+
+
 def topk_from_factors(
     user_factors: DataFrame,
     item_factors: DataFrame,
@@ -264,44 +313,15 @@ def topk_from_factors(
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         item_ids, qt, table = bc.value
-        n_items = qt.shape[1]
-        # Reused by every block of this task: no page faults on fresh buffers per block.
-        buf = np.empty((block, n_items), dtype=np_dtype)
-        threshold = n_items >= max(_THRESHOLD_MIN_COLS, _THRESHOLD_MIN_RATIO * k)
-        mask = np.empty((block, n_items), dtype=bool) if threshold else None
         for batch in batches:
-            n_rows = batch.num_rows
-            if n_items == 0 or n_rows == 0:
+            if qt.shape[1] == 0 or batch.num_rows == 0:
                 continue
             p = _dense(batch.column(col_features), "user_factors").astype(np_dtype, copy=False)
             if p.shape[1] != qt.shape[0]:
                 raise ValueError(f"user factors have {p.shape[1]} dims, item factors {qt.shape[0]}")
             uids = batch.column(col_user).to_numpy(zero_copy_only=False)
-            if has_seen:
-                s_rows, s_pos = positions(batch.column(_SEEN), item_ids, table)
-            parts: list[tuple[np.ndarray, ...]] = []
-            for start in range(0, n_rows, block):
-                stop = min(start + block, n_rows)
-                scores = buf[: stop - start]
-                np.matmul(p[start:stop], qt, out=scores)
-                if has_seen:
-                    lo, hi = np.searchsorted(s_rows, [start, stop])
-                    scores[s_rows[lo:hi] - start, s_pos[lo:hi]] = -np.inf
-                if mask is not None:
-                    top, vals = top_by_threshold(scores, k, mask=mask[: stop - start])
-                else:
-                    top, vals = top_positions(scores, k)
-                keep = vals > -np.inf  # seen items (and NaN) never come back
-                ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
-                parts.append(
-                    (
-                        np.repeat(uids[start:stop], np.count_nonzero(keep, axis=1)),
-                        item_ids[top[keep]],
-                        vals[keep].astype(np.float64),
-                        ranks[keep],
-                    )
-                )
-            columns = [np.concatenate(c) for c in zip(*parts, strict=True)]
+            s_rows, s_pos = positions(batch.column(_SEEN), item_ids, table) if has_seen else (None, None)
+            columns = top_k_by_blocks(p, qt, uids, item_ids, k, block, s_rows, s_pos)
             yield pa.RecordBatch.from_arrays(
                 [pa.array(c, type=f.type) for c, f in zip(columns, arrow_schema, strict=True)],
                 schema=arrow_schema,

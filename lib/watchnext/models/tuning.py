@@ -43,7 +43,7 @@ from watchnext.evaluation.local_metrics import ranking_metrics_arrays
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.evaluation.splits import stratified_split
 from watchnext.models.als import AlsParams, BiasedAlsModel, factor_frames, fit_als, top_k_items
-from watchnext.models.topk import block_rows_for, top_positions
+from watchnext.models.topk import block_rows_for, top_k_by_blocks
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ class LocalValidation:
         item_f = item_f.sort_values(COL_ITEM_IDX)
         item_ids = item_f[COL_ITEM_IDX].to_numpy(np.int64)
         uids = user_f[COL_USER_IDX].to_numpy(np.int64)
-        out_u, out_i, out_r = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        q_t = np.zeros((0, 0), np.float32)
+        p = np.zeros((0, 0), np.float32)
+        rows = cols = np.zeros(0, np.int64)
         if len(uids) and len(item_ids):
             q_t = np.ascontiguousarray(np.stack(item_f[COL_FEATURES].to_numpy()).astype(np.float32).T)
             p = np.stack(user_f[COL_FEATURES].to_numpy()).astype(np.float32)
@@ -203,21 +205,12 @@ class LocalValidation:
             cols = np.minimum(np.searchsorted(item_ids, self.seen_item), len(item_ids) - 1)
             ok = (uids[rows] == self.seen_user) & (item_ids[cols] == self.seen_item)
             rows, cols = rows[ok], cols[ok]
-            block = block_rows_for(len(item_ids), None)
-            for start in range(0, len(uids), block):
-                stop = min(start + block, len(uids))
-                scores = p[start:stop] @ q_t
-                lo, hi = np.searchsorted(rows, [start, stop])
-                scores[rows[lo:hi] - start, cols[lo:hi]] = -np.inf
-                top, vals = top_positions(scores, k)
-                keep = vals > -np.inf
-                out_u.append(np.repeat(uids[start:stop], np.count_nonzero(keep, axis=1)))
-                out_i.append(item_ids[top[keep]])
-                out_r.append(np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[keep])
+        block = block_rows_for(len(item_ids), None)
+        out_u, out_i, _, out_r = top_k_by_blocks(p, q_t, uids, item_ids, k, block, rows, cols)
         return ranking_metrics_arrays(
-            np.concatenate(out_u),
-            np.concatenate(out_i),
-            np.concatenate(out_r),
+            out_u,
+            out_i,
+            out_r,
             self.truth_user,
             self.truth_item,
             [k],

@@ -194,19 +194,17 @@ class LocalValidation:
         item_f = item_f.sort_values(COL_ITEM_IDX)
         item_ids = item_f[COL_ITEM_IDX].to_numpy(np.int64)
         uids = user_f[COL_USER_IDX].to_numpy(np.int64)
-        q_t = np.zeros((0, 0), np.float32)
-        p = np.zeros((0, 0), np.float32)
-        rows = cols = np.zeros(0, np.int64)
-        if len(uids) and len(item_ids):
+        if not (len(uids) and len(item_ids)):  # no list at all: every metric of an empty top K
+            out_u = out_i = out_r = np.zeros(0, np.int64)
+        else:
             q_t = np.ascontiguousarray(np.stack(item_f[COL_FEATURES].to_numpy()).astype(np.float32).T)
             p = np.stack(user_f[COL_FEATURES].to_numpy()).astype(np.float32)
             # seen pairs -> (row of uids, item position); pairs without factors on either side drop out
             rows = np.minimum(np.searchsorted(uids, self.seen_user), len(uids) - 1)
             cols = np.minimum(np.searchsorted(item_ids, self.seen_item), len(item_ids) - 1)
             ok = (uids[rows] == self.seen_user) & (item_ids[cols] == self.seen_item)
-            rows, cols = rows[ok], cols[ok]
-        block = block_rows_for(len(item_ids), None)
-        out_u, out_i, _, out_r = top_k_by_blocks(p, q_t, uids, item_ids, k, block, rows, cols)
+            block = block_rows_for(len(item_ids), None)
+            out_u, out_i, _, out_r = top_k_by_blocks(p, q_t, uids, item_ids, k, block, rows[ok], cols[ok])
         return ranking_metrics_arrays(
             out_u,
             out_i,

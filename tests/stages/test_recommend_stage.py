@@ -41,6 +41,7 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
     TABLE_USER_NEIGHBORS,
 )
+from watchnext.evaluation import protocol
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
 from watchnext.models.ranker import feature_names
@@ -296,7 +297,21 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
     cfg = built.with_overrides("recommend.tuning.enabled=false")
     _copy_upstream(spark, cfg, OTHER_DATE)
     fitted = pipeline.run_stage(spark, cfg, OTHER_DATE, "recommend")
+    # Lists an earlier run left for a model this one does not produce (the linear blend beside a
+    # learned recipe; this recipe is the configured linear blend): removed for the run date only.
+    for d in (RUN_DATE, OTHER_DATE):
+        blend_rows = _read(spark, cfg, TABLE_EVAL_RECS, d).where("model = 'blend'")
+        protocol.write_recommendations(blend_rows, cfg, "linear_blend", d, "an-earlier-run")
+    stale_other = (
+        _read(spark, cfg, TABLE_EVAL_RECS, OTHER_DATE).where("model = 'linear_blend'").localCheckpoint()
+    )
+    assert stale_other.count() > 0
     stored = pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    assert stored["offline_cleared"] == ["linear_blend"]
+    assert _read(spark, cfg, TABLE_EVAL_RECS).where("model = 'linear_blend'").isEmpty()
+    assertDataFrameEqual(
+        _read(spark, cfg, TABLE_EVAL_RECS, OTHER_DATE).where("model = 'linear_blend'"), stale_other
+    )
     # The offline blend read the train-split models the als and similarities stages stored for RUN_DATE,
     # and fitted them for OTHER_DATE (nothing stored for it): the same lists either way.
     # EASE has no stage of its own: it is fitted where it is used, both times.
@@ -321,7 +336,8 @@ def test_rerun_is_identical_other_dates_untouched_and_failure_leaves_tables(
     # the configured weights lead with ALS and item-item: latent picks explained by a watched item
     assert not first.where(F.col("reason").startswith("Because you watched ")).isEmpty()
 
-    pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    again = pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+    assert again["offline_cleared"] == []  # nothing left to remove: no commit
     assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id"), first)
     assertDataFrameEqual(_read(spark, cfg, TABLE_GENRE_ROWS).drop("run_id"), rows_first)
     assertDataFrameEqual(_read(spark, cfg, TABLE_RECOMMENDATIONS, OTHER_DATE).drop("run_id"), other)

@@ -10,6 +10,7 @@ so every stage recomputes the identical split instead of passing it around.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -92,6 +93,27 @@ def write_recommendations(recs: DataFrame, cfg: Config, model: str, run_date: dt
     tables.overwrite_partition(
         out, cfg.table_path(TABLE_EVAL_RECS), {COL_RUN_DATE: run_date, COL_MODEL: model}, f"{model} {run_id}"
     )
+
+
+def clear_recommendations(
+    spark: SparkSession, cfg: Config, models: Sequence[str], run_date: dt.date, run_id: str
+) -> list[str]:
+    """Remove what an earlier run for ``run_date`` left of ``models``' lists (a model this run did not
+    produce, e.g. ``linear_blend`` after the recipe went from learned to linear): one commit per model
+    that has rows, replacing its partition with nothing. Returns the models cleared."""
+    path = cfg.table_path(TABLE_EVAL_RECS)
+    if not models or not tables.exists(spark, path):
+        return []
+    cleared: list[str] = []
+    for model in models:
+        if _model_rows(spark, cfg, TABLE_EVAL_RECS, model, run_date).isEmpty():
+            continue
+        empty = tables.read(spark, path).where(F.lit(False))
+        tables.overwrite_partition(
+            empty, path, {COL_RUN_DATE: run_date, COL_MODEL: model}, f"{model} cleared by {run_id}"
+        )
+        cleared.append(model)
+    return cleared
 
 
 def write_predictions(preds: DataFrame, cfg: Config, model: str, run_date: dt.date, run_id: str) -> None:

@@ -222,10 +222,27 @@ def _offline_lists(
         if offline.ease is not None:  # EASE has no stage of its own: its offline lists come from here
             ease = top_k_ease(offline.ease, offline.history, test_users, k)
             protocol.write_recommendations(ease, cfg, EASE_MODEL_NAME, run_date, run_id)
+        # An earlier run for the date may have written lists this one did not (another recipe, EASE
+        # since left out): the evaluate stage would score them as this run's.
+        not_written = [
+            m
+            for m, wrote in (
+                (LINEAR_MODEL_NAME, tuned_weights is not None),
+                (EASE_MODEL_NAME, offline.ease is not None),
+            )
+            if not wrote
+        ]
+        cleared = protocol.clear_recommendations(spark, cfg, not_written, run_date, run_id)
+        if cleared:
+            log.info("offline lists of %s from an earlier run for %s removed", ", ".join(cleared), run_date)
     finally:
         offline.release()
     log.info("offline blend: train-split models %s", offline.origin)
-    return {"offline_models": dict(offline.origin), "offline_seconds": round(time.perf_counter() - ts, 2)}
+    return {
+        "offline_models": dict(offline.origin),
+        "offline_cleared": cleared,
+        "offline_seconds": round(time.perf_counter() - ts, 2),
+    }
 
 
 def _log_ranker(cfg: Config, tuned: BlendTuning) -> str | None:

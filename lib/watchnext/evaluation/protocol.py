@@ -106,11 +106,14 @@ def clear_recommendations(
         return []
     cleared: list[str] = []
     for model in models:
-        if _model_rows(spark, cfg, TABLE_EVAL_RECS, model, run_date).isEmpty():
+        rows = _model_rows(spark, cfg, TABLE_EVAL_RECS, model, run_date)
+        if rows.isEmpty():
             continue
-        empty = tables.read(spark, path).where(F.lit(False))
         tables.overwrite_partition(
-            empty, path, {COL_RUN_DATE: run_date, COL_MODEL: model}, f"{model} cleared by {run_id}"
+            rows.where(F.lit(False)),
+            path,
+            {COL_RUN_DATE: run_date, COL_MODEL: model},
+            f"{model} cleared by {run_id}",
         )
         cleared.append(model)
     return cleared

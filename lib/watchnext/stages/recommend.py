@@ -224,14 +224,9 @@ def _offline_lists(
             protocol.write_recommendations(ease, cfg, EASE_MODEL_NAME, run_date, run_id)
         # An earlier run for the date may have written lists this one did not (another recipe, EASE
         # since left out): the evaluate stage would score them as this run's.
-        not_written = [
-            m
-            for m, wrote in (
-                (LINEAR_MODEL_NAME, tuned_weights is not None),
-                (EASE_MODEL_NAME, offline.ease is not None),
-            )
-            if not wrote
-        ]
+        not_written = [LINEAR_MODEL_NAME] if tuned_weights is None else []
+        if offline.ease is None:
+            not_written.append(EASE_MODEL_NAME)
         cleared = protocol.clear_recommendations(spark, cfg, not_written, run_date, run_id)
         if cleared:
             log.info("offline lists of %s from an earlier run for %s removed", ", ".join(cleared), run_date)

@@ -76,13 +76,14 @@ replaces only its `run_date` partition, so a retry or a re-run of a day is safe.
 ```
 resolve_config
   -> ingest
-       -> als -----------+
-       -> clusters ------+-> similarities
-                               -> ncf_enabled (branch on ncf.enabled)
-                                    -> ncf -------------+
-                                    -> ncf_disabled ----+-> recommend (none_failed_min_one_success)
-                                                              -> evaluate
-                                                                   -> report
+       -> als
+            -> clusters (on thin metadata they are clustered on the ALS item factors)
+                 -> similarities
+                      -> ncf_enabled (branch on ncf.enabled)
+                           -> ncf -------------+
+                           -> ncf_disabled ----+-> recommend (none_failed_min_one_success)
+                                                     -> evaluate
+                                                          -> report
 ```
 
 - **resolve_config** builds the stage arguments from the params and checks the resolved config in
@@ -215,6 +216,6 @@ with DAG(
     evaluate = stage("evaluate")
     report = stage("report")
 
-    resolved >> ingest >> [als, clusters] >> similarities
+    resolved >> ingest >> als >> clusters >> similarities
     similarities >> ncf_enabled(resolved["ncf_enabled"]) >> [ncf, ncf_disabled] >> recommend >> evaluate
     evaluate >> report

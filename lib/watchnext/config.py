@@ -166,6 +166,12 @@ class SyntheticConfig(_Strict):
     days: int = Field(365, ge=1)
     partitions: int = Field(4, ge=1)
     seed: int = 42
+    # Play counts instead of ratings (implicit feedback: set ingest.feedback=implicit, as explicit
+    # validation rejects values above rating_max). A pair's count is 1 + Poisson with a mean that grows
+    # play_count_ratio times per point of the pair's latent rating, times a per-user activity level:
+    # the user's own cluster gets larger counts than incidental items (ingest/synthetic.py).
+    play_counts: bool = False
+    play_count_ratio: float = Field(4.0, gt=1)
 
 
 class IngestConfig(_Strict):
@@ -220,6 +226,13 @@ class FloatRange(_Strict):
         return self
 
 
+ConfidenceScheme = Literal["binary", "rating", "log", "centered"]  # models/als.py Confidence
+
+
+def _counts_schemes() -> list[ConfidenceScheme]:
+    return ["binary", "log", "rating"]
+
+
 class AlsSearchSpace(_Strict):
     # Defaults: the region where implicit ALS does best on ml-latest-small (benchmarks/quality_als.py):
     # a ridge with reg_param / alpha ~ 0.1; ranks above ~64 and more than 10-15 iterations add little.
@@ -227,6 +240,16 @@ class AlsSearchSpace(_Strict):
     reg_param: FloatRange = Field(default_factory=lambda: FloatRange(low=0.03, high=3.0, log=True))
     alpha: FloatRange = Field(default_factory=lambda: FloatRange(low=1.0, high=30.0, log=True))
     max_iter: IntRange = Field(default_factory=lambda: IntRange(low=10, high=15))
+    # Confidence schemes, a categorical dimension searched only when als.confidence is auto and the
+    # values are implicit counts (models/als.py resolve_confidence); never for ratings or plain events.
+    confidence: list[ConfidenceScheme] = Field(default_factory=_counts_schemes, min_length=1)
+
+    @field_validator("confidence")
+    @classmethod
+    def _distinct_schemes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"confidence schemes must be distinct, got {v}")
+        return v
 
 
 class AlsTuningConfig(_Strict):
@@ -256,8 +279,12 @@ class AlsTuningConfig(_Strict):
 class AlsConfig(_Strict):
     implicit_prefs: bool = True
     # implicit: how a rating becomes Spark's implicit value x (confidence 1 + alpha*|x|):
-    # binary (x = 1), rating (x = r), log (x = log1p r), centered (x = r - rating_threshold).
-    confidence: Literal["binary", "rating", "log", "centered"] = "binary"
+    # binary (x = 1), rating (x = r), log (x = log1p r), centered (x = r - rating_threshold), or auto:
+    # resolved per run from the data (models/als.py resolve_confidence): explicit ratings and implicit
+    # events without counts -> binary; implicit counts -> searched over tuning.space.confidence on the
+    # validation split (first trials: each scheme at the configured parameters, log first), or log
+    # when tuning is off. A named scheme is never searched.
+    confidence: Literal["auto", "binary", "rating", "log", "centered"] = "auto"
     rating_threshold: float = 3.0
     rank: int = Field(64, ge=1)
     reg_param: float = Field(0.3, ge=0)
@@ -291,6 +318,9 @@ class ContentConfig(_Strict):
     tag_vocab_size: int = Field(5000, ge=1)
     title_vocab_size: int = Field(5000, ge=1)
     min_df: int = Field(2, ge=1)  # a tag or title word must occur in this many items
+    # Thin content: fewer items than this share with a genre or tag (data_profile.py) and content
+    # neighbours are left out, and clusters.features auto clusters on behaviour.
+    min_coverage: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _some_weight(self) -> ContentConfig:
@@ -320,6 +350,12 @@ class ClustersConfig(_Strict):
     # with content, then only the chosen k is fitted on Spark; beyond it every k is fitted on Spark.
     search_max_items: int = Field(50_000, ge=0)
     registered_model: str = "watchnext-clusters"
+    # What the items are clustered on (models/cluster_features.py): content features, the ALS item
+    # factors (behaviour), both (hybrid), or auto: behaviour when fewer than content.min_coverage of
+    # the items carry a genre or tag, else content.
+    features: Literal["auto", "content", "behaviour", "hybrid"] = "auto"
+    behaviour_weight: float = Field(1.0, gt=0)  # hybrid: weight of the factor block against content
+    label_members: int = Field(3, ge=1)  # most-watched members naming a behavioural cluster ("Fans of ...")
 
     @model_validator(mode="after")
     def _range(self) -> ClustersConfig:
@@ -546,6 +582,56 @@ class ReportConfig(_Strict):
     scale_results: LocalPath | None = None
 
 
+# -------------------------------------------------------------------------------------------- domain
+class DomainConfig(_Strict):
+    """The words for the catalogue in what users and readers see: the published reasons
+    (recommend/publish.py) and the run report (report/, stages/report.py). The defaults speak about
+    movies and give today's text to the character; set them for another catalogue, e.g.
+
+    * music (play counts of artists): ``verb: listened to``, ``users: Listeners``, ``item: artist``,
+      ``items: artists``;
+    * books: ``verb: read``, ``users: Readers``, ``item: book``, ``items: books``;
+    * a shop: ``verb: bought``, ``users: Shoppers``, ``item: product``, ``items: products``.
+
+    Each word is used as written (no capitalisation or plural rules are applied); it must be
+    non-empty, without leading or trailing whitespace. The words of the reasons (verb, users, service)
+    hold only letters, digits, spaces, ``_``, ``.`` and ``-``: the recommend stage logs the share of
+    each kind of reason as the MLflow metric ``reason_share.<reason>``, and MLflow refuses other
+    characters in a metric name (an apostrophe would fail the stage after its tables were written).
+    """
+
+    # past tense: "Because you <verb> X", "<users> with similar taste <verb> this", the report's
+    # "items <verb>" count, "latest <verb>:" history and "most-<verb> items" axis (spaces -> hyphens)
+    verb: str = "watched"
+    # who has "similar taste" in the user-based reason: "<users> with similar taste <verb> this"
+    users: str = "Viewers"
+    # the service's name in the popularity reason: "Popular on <service>"
+    service: str = "watchnext"
+    # what an item's name is called: the column heading of the report's sample lists
+    item: str = "title"
+    # the plural noun of the report's counts, axes and headings ("items <verb>", "catalogue items")
+    items: str = "items"
+
+    @field_validator("verb", "users", "service", "item", "items")
+    @classmethod
+    def _word(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty word")
+        if v != v.strip():
+            raise ValueError("must not start or end with whitespace")
+        return v
+
+    @field_validator("verb", "users", "service")
+    @classmethod
+    def _metric_name_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w .-]+", v):
+            raise ValueError(
+                "may hold only letters, digits, spaces, '_', '.' and '-' (the reasons it writes name "
+                "MLflow metrics, reason_share.<reason>)"
+            )
+        return v
+
+
 # ---------------------------------------------------------------------------------------------- root
 # Every stage, in pipeline order (watchnext.pipeline.STAGES registers the same names).
 ALL_STAGES = ("ingest", "als", "clusters", "similarities", "ncf", "recommend", "evaluate", "report")
@@ -571,6 +657,7 @@ class Config(_Strict):
     ncf: NcfConfig = Field(default_factory=NcfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    domain: DomainConfig = Field(default_factory=DomainConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @field_validator("env")

@@ -195,6 +195,10 @@ def render_summary(s: RunSummary) -> Group:
             metrics.add_row(model, *(f"{values[m]:.4f}" if m in values else "" for m in names))
         parts += [Text(""), metrics]
 
+    if s.left_out:  # what the data could not feed (data_profile.py)
+        notes = Text("\n".join(f"· {line}" for line in s.left_out), style="yellow")
+        parts += [Text(""), Text("What the data could not feed", style="bold"), notes]
+
     nexts = Table.grid(padding=(0, 2))
     nexts.add_column(style="bold")
     nexts.add_column(overflow="fold")

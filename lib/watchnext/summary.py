@@ -72,6 +72,8 @@ class RunSummary:
     mlflow_ui: str | None = None  # the command that opens the tracking store
     recommend: str | None = None  # the command that prints one user's list
     log_file: str | None = None
+    # What the data could not feed: "<source> (<stages>): <why>", and notes such as the cluster features
+    left_out: list[str] = field(default_factory=list)
 
 
 def local_dir(uri: str) -> Path | None:
@@ -243,6 +245,21 @@ def stage_lines(
     return lines
 
 
+def left_out_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``"<source> (<stages>): <why>"`` for every source a stage left out because the data cannot feed it
+    (the stages' ``left_out`` summaries, ``data_profile.py``), then the stages' ``notes``; one line per
+    source however many stages left it out, the first stage's reason."""
+    why: dict[str, str] = {}
+    where: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for stage, summary in results.items():
+        for source, reason in (summary.get("left_out") or {}).items():
+            why.setdefault(source, str(reason))
+            where.setdefault(source, []).append(stage)
+        notes += [f"{stage}: {n}" for n in summary.get("notes") or [] if f"{stage}: {n}" not in notes]
+    return [f"{s} left out ({', '.join(where[s])}): {why[s]}" for s in why] + notes
+
+
 def error_text(error: BaseException) -> str:
     """``Type: first line of the message``; for an error raised in the JVM, the Java exception's."""
     java = getattr(error, "java_exception", None)
@@ -310,4 +327,5 @@ def summarize(
         mlflow_ui=mlflow_ui,
         recommend=recommend,
         log_file=log_file,
+        left_out=left_out_lines(results),
     )

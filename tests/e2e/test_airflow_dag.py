@@ -53,8 +53,7 @@ SPARK_STAGES = ["ingest", "als", "clusters", "similarities", "ncf", "recommend",
 EDGES = {
     ("resolve_config", "ingest"),
     ("ingest", "als"),
-    ("ingest", "clusters"),
-    ("als", "similarities"),
+    ("als", "clusters"),  # clusters may read the ALS item factors (clusters.features)
     ("clusters", "similarities"),
     ("similarities", "ncf_enabled"),
     ("ncf_enabled", "ncf"),

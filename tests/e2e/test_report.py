@@ -322,3 +322,84 @@ def test_scale_section_plots_the_finished_stages_of_each_size(tmp_path: Path) ->
     assert "<td>1 (cut short)</td><td>80.0</td><td>5.80</td>" in page
     # without scale results (the default) there is no such section
     assert 'id="scale"' not in html.render(html.ReportData(run_date=RUN_DATE, k=N, protocol="p"))
+
+
+def test_report_speaks_the_configured_words(
+    spark: SparkSession, cfg: Config, run_date: dt.date, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``domain:`` for a music catalogue: the counts of the stage, the headings, column names, history,
+    reason mix and plot labels of the page in its words, and none of the movie wording left."""
+    from matplotlib.figure import Figure
+
+    from watchnext.report import html, plots
+
+    music = cfg.with_overrides(
+        "domain.verb=listened to", "domain.users=Listeners", "domain.service=jazzstream",
+        "domain.item=artist", "domain.items=artists",
+        f"report.out_dir={local_path(cfg.storage.lakehouse).parent / 'reports'}",
+    )  # fmt: skip
+    words = music.domain
+    date = F.lit(run_date).alias("run_date")
+    inter = spark.createDataFrame(
+        [("u1", "a1"), ("u1", "a2"), ("u2", "a1")], "user_id string, item_id string"
+    )
+    items = spark.createDataFrame(
+        [("a1", "Nina Simone"), ("a2", "Miles Davis"), ("a3", "Bill Evans")], "item_id string, title string"
+    )
+    tables.overwrite_run_date(inter.select("*", date), music.table_path("interactions"), run_date)
+    tables.overwrite_run_date(items.select("*", date), music.table_path("items"), run_date)
+    page = Path(pipeline.run_stage(spark, music, run_date, "report")["path"]).read_text(encoding="utf-8")
+    assert "<dt>artists listened to</dt><dd>2</dd>" in page and "<dt>catalogue artists</dt><dd>3</dd>" in page
+    assert "watched" not in page
+
+    # the page of hand-made aggregates: every section that names the catalogue
+    reasons = [
+        "Because you listened to Nina Simone", "Because you listened to Miles Davis",
+        "Listeners with similar taste listened to this", "Popular on jazzstream", "Popular in Cool jazz",
+    ]  # fmt: skip
+    published = spark.createDataFrame([(r,) for r in reasons], "reason string")
+    mix = report_data.reason_mix(published, words)
+    assert mix.to_dict("records") == [
+        {"reason": "Because you listened to …", "slots": 2, "share": 0.4},
+        {"reason": "Listeners with similar taste listened to this", "slots": 1, "share": 0.2},
+        {"reason": "Popular in …", "slots": 1, "share": 0.2},
+        {"reason": "Popular on jazzstream", "slots": 1, "share": 0.2},
+    ]
+    lists = pd.DataFrame(
+        [("u1", r + 1, f"a{r}", f"Artist {r}", 0.5, why, ["als"]) for r, why in enumerate(reasons)],
+        columns=["user_id", "rank", "item_id", "title", "score", "reason", "sources"],
+    )
+    history = pd.DataFrame(
+        {"user_id": ["u1", "u1"], "title": ["Nina Simone", "Miles Davis"], "timestamp": [2, 1]}
+    )
+    clusters = pd.DataFrame(
+        {"cluster_id": [0], "label": ["Cool jazz"], "size": [3], "top_genres": [["jazz"]], "top_tags": [[]]}
+    )
+    exposure = pd.DataFrame(
+        {"catalogue": [0.5, 0.5], "interactions": [0.8, 0.2], "als": [0.6, 0.4]},
+        index=pd.Index([1, 2], name="bucket"),
+    )
+    figures: list[Figure] = []
+    monkeypatch.setattr(plots, "to_data_uri", lambda fig: figures.append(fig) or "data:image/png;base64,")
+    data = dict(run_date=run_date, k=N, protocol="p", lists=lists, history=history, clusters=clusters)
+    page = html.render(html.ReportData(**data, exposure=exposure, reasons=mix, domain=words))
+    assert '<p class="note">latest listened to: Nina Simone; Miles Davis</p>' in page
+    assert '<th class="text">artist</th><th>score</th>' in page
+    assert '<th class="text">label</th><th>artists</th>' in page and "Catalogue artists ranked" in page
+    assert '<td class="text">Because you listened to …</td><td>2</td>' in page
+    assert "watched" not in page and "Viewers" not in page
+    exposure_ax, clusters_ax = (fig.axes[0] for fig in figures)  # in the order the page shows them
+    assert exposure_ax.get_xlabel() == "item-popularity bucket (1 = most-listened-to artists)"
+    assert "catalogue artists" in [t.get_text() for t in exposure_ax.get_legend().get_texts()]
+    assert clusters_ax.get_xlabel() == "artists"
+
+    # the defaults: the movie wording, as the page had it before the words were configurable
+    figures.clear()
+    page = html.render(html.ReportData(**data, exposure=exposure))
+    assert '<p class="note">latest watched: Nina Simone; Miles Davis</p>' in page
+    assert '<th class="text">title</th><th>score</th>' in page and "Catalogue items ranked" in page
+    assert '<th class="text">label</th><th>items</th>' in page
+    exposure_ax, clusters_ax = (fig.axes[0] for fig in figures)
+    assert exposure_ax.get_xlabel() == "item-popularity bucket (1 = most-watched items)"
+    assert "catalogue items" in [t.get_text() for t in exposure_ax.get_legend().get_texts()]
+    assert clusters_ax.get_xlabel() == "items"

@@ -114,3 +114,42 @@ def test_explicit_als_reports_rmse_against_bias_only(
     assert set(rmse) == {"als_biased", "bias_only"}
     # synthetic ratings carry a planted cluster affinity that biases alone cannot express
     assert rmse["als_biased"] < rmse["bias_only"], rmse
+
+
+def test_auto_confidence_is_searched_on_counts_and_registered(
+    spark: SparkSession, cfg: Config, run_date: dt.date
+) -> None:
+    """Implicit play counts: als.confidence auto searches the scheme with the other parameters (trial
+    0: log), logs why, and the chosen scheme is what the stage returns and registers, and what the
+    recommend stage reads back from the registry."""
+    from watchnext import tracking
+    from watchnext.recommend.registry import model_versions
+
+    c = _cfg(cfg, "ingest.feedback=implicit", "ingest.synthetic.play_counts=true", "als.tuning.n_trials=3")
+    assert c.als.confidence == "auto"
+    results = pipeline.run_pipeline(spark, c, run_date, ["ingest", "als"])
+    summary = results["als"]
+
+    client = mlflow.MlflowClient(tracking_uri=c.mlflow.tracking_uri)
+    logged = client.get_run(summary["mlflow_run_id"]).data.params
+    lo, hi = float(logged["confidence.value_min"]), float(logged["confidence.value_max"])
+    assert lo == 1.0 and hi > 10 * lo  # counts
+    assert {k: v for k, v in logged.items() if k.startswith("confidence.") and "value" not in k} == {
+        "confidence.configured": "auto",
+        "confidence.scheme": "log",
+        "confidence.searched": "binary,log,rating",
+        "confidence.reason": f"implicit counts (values {lo:g} to {hi:g}): chosen on the validation split",
+    }
+    trials = client.search_runs(
+        [client.get_experiment_by_name(c.mlflow.experiment).experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'",
+    )
+    by_number = sorted(trials, key=lambda r: int(r.data.params["trial"]))
+    schemes = [r.data.params["confidence"] for r in by_number]
+    assert schemes == ["log", "binary", "rating"], schemes  # each scheme at the configured parameters
+    best = max(by_number, key=lambda r: (r.data.metrics["ndcg_at_10"], -int(r.data.params["trial"])))
+    chosen = best.data.params["confidence"]
+    assert summary["params"]["confidence"] == logged["best.confidence"] == chosen
+    tracking.configure(c)
+    registered, versions = model_versions(c)
+    assert versions["als"] == summary["model_version"] and registered.confidence == chosen

@@ -168,3 +168,53 @@ def test_similarities_names_missing_input(spark: SparkSession, cfg: Config, run_
     ingest.run(spark, c, run_date)
     with pytest.raises(FileNotFoundError, match="item_features.*run the clusters stage"):
         pipeline.run_stage(spark, c, run_date, "similarities")
+
+
+def _thin(source: RawSource) -> RawSource:
+    """The source as a catalogue of names (music artists): no genres, tags or year, a title alone."""
+    empty = F.array().cast("array<string>")
+    items = source.items.select(
+        "item_id",
+        F.concat(F.lit("Artist "), F.col("item_id")).alias("title"),
+        F.lit(None).cast("int").alias("year"),
+        empty.alias("genres"),
+        empty.alias("tags"),
+        "_corrupt_record",
+    ).to(source.items.schema)
+    return RawSource(source.name, source.interactions, items, source.timestamp_format)
+
+
+def test_clusters_on_behaviour_for_a_catalogue_of_names(
+    spark: SparkSession, cfg: Config, run_date: dt.date
+) -> None:
+    """clusters.features auto on items without genres or tags: the ALS item factors are clustered, the
+    clusters are named by their most popular members, and the planted clusters come back."""
+    c = cfg.with_overrides("als.tuning.enabled=false", "als.rank=16", "als.max_iter=8", "clusters.k=4")
+    data = generate(spark, c.ingest.synthetic)
+    ingest.run(spark, c, run_date, source=_thin(data.source))
+    results = pipeline.run_pipeline(spark, c, run_date, ["als", "clusters"])
+    summary = results["clusters"]
+    assert summary["features"] == "behaviour" and summary["content_coverage"] == 0.0
+
+    cl = tables.read_run_date(spark, c.table_path(TABLE_CLUSTERS), run_date)
+    rows = cl.collect()
+    labels = [r.label for r in rows]
+    assert len(rows) == 4 and len(set(labels)) == 4, labels
+    assert all(lab.startswith("Fans of Artist ") for lab in labels), labels
+    assert all(list(r.top_genres) == [] and list(r.top_tags) == [] for r in rows)
+    ic = tables.read_run_date(spark, c.table_path(TABLE_ITEM_CLUSTERS), run_date)
+    joined = ic.join(data.item_clusters.withColumnRenamed("cluster_id", "planted"), "item_id")
+    best = (
+        joined.groupBy("cluster_id", "planted").count().groupBy("cluster_id").agg(F.max("count").alias("m"))
+    )
+    purity = best.agg(F.sum("m")).first()[0] / joined.count()
+    assert purity >= 0.9, purity  # measured: 1.0 (4 planted clusters, 120 items)
+    # item_features keeps the content vectors for the similarities stage, in every mode
+    feats = tables.read_run_date(spark, c.table_path(TABLE_ITEM_FEATURES), run_date)
+    items = tables.read_run_date(spark, c.table_path(TABLE_ITEMS), run_date)
+    assertDataFrameEqual(feats.select("item_id"), items.select("item_id"))
+
+    client = mlflow.MlflowClient(tracking_uri=c.mlflow.tracking_uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["clusters.features_used"] == "behaviour"
+    assert run.data.metrics["content_coverage"] == 0.0

@@ -106,3 +106,47 @@ def test_base_yaml_holds_the_schema_defaults() -> None:
     base = yaml.safe_load((default_conf_dir() / "base.yaml").read_text())
     assert validate_config(base).model_dump() == Config().model_dump()
     assert list(STAGES) == list(ALL_STAGES) == Config().pipeline.stages
+
+
+def test_domain_words_load_and_are_checked(tmp_path: Path) -> None:
+    assert load_config().domain.verb == "watched"  # base.yaml: the movie wording
+    music = load_config(
+        overrides=["domain.verb=listened to", "domain.users=Listeners", "domain.items=artists"]
+    )
+    assert (music.domain.verb, music.domain.users, music.domain.items) == (
+        "listened to",
+        "Listeners",
+        "artists",
+    )
+    assert music.domain.service == "watchnext" and music.domain.item == "title"  # the rest keep defaults
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('domain:\n  users: " Listeners"\n')
+    with pytest.raises(ConfigError, match=r"config key 'domain.users':.*whitespace.*' Listeners'"):
+        load_config(files=[bad])
+    bad.write_text('domain:\n  verb: ""\n')
+    with pytest.raises(ConfigError, match=r"config key 'domain.verb':.*non-empty"):
+        load_config(files=[bad])
+    # each kind of reason names an MLflow metric, which refuses an apostrophe
+    with pytest.raises(ConfigError, match=r"config key 'domain.service':.*MLflow metrics.*\"Bob's\""):
+        load_config(overrides=["domain.service=Bob's"])
+    with pytest.raises(ConfigError, match=r"config key 'domain.noun': unknown key"):
+        load_config(overrides=["domain.noun=track"])
+
+
+def test_als_confidence_auto_and_its_search_space() -> None:
+    cfg = load_config(env="local")
+    assert cfg.als.confidence == "auto"
+    assert cfg.als.tuning.space.confidence == ["binary", "log", "rating"]
+    assert cfg.ingest.synthetic.play_counts is False
+    ok = load_config(overrides=["als.confidence=log", "als.tuning.space.confidence=[log, rating]"])
+    assert (ok.als.confidence, ok.als.tuning.space.confidence) == ("log", ["log", "rating"])
+    with pytest.raises(ConfigError, match=r"'als.confidence'"):
+        load_config(overrides=["als.confidence=sqrt"])
+    with pytest.raises(ConfigError, match=r"'als.tuning.space.confidence'"):
+        load_config(overrides=["als.tuning.space.confidence=[]"])
+    with pytest.raises(ConfigError, match=r"'als.tuning.space.confidence.*'"):
+        load_config(overrides=["als.tuning.space.confidence=[binary, auto]"])  # auto is no scheme
+    with pytest.raises(ConfigError, match=r"'als.tuning.space.confidence'.*distinct"):
+        load_config(overrides=["als.tuning.space.confidence=[log, log]"])
+    with pytest.raises(ConfigError, match=r"'ingest.synthetic.play_count_ratio'"):
+        load_config(overrides=["ingest.synthetic.play_count_ratio=1"])

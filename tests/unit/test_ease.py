@@ -122,11 +122,6 @@ def test_bad_parameters_name_the_problem(spark: SparkSession) -> None:
         fit_ease(df, 1.0, session_weight=-1.0)
     with pytest.raises(ValueError, match="timestamp"):  # sessions need the times
         fit_ease(df, 1.0, session_weight=1.0)
-    untimed = spark.createDataFrame(
-        [(0, 1, None), (1, 1, None), (1, 2, None)], "user_idx int, item_idx int, timestamp timestamp"
-    )
-    with pytest.raises(ValueError, match="without a timestamp"):
-        fit_ease(untimed, 1.0, session_weight=1.0, min_item_interactions=1)
 
 
 def _timed_history(seed: int, n_users: int = 40, n_items: int = 30) -> pd.DataFrame:
@@ -182,6 +177,34 @@ def test_session_weights_are_the_closed_form_of_the_augmented_gram(spark: SparkS
     b = p / -np.diag(p)
     np.fill_diagonal(b, 0.0)
     np.testing.assert_allclose(model.weights, b, atol=1e-6)
+
+
+def test_the_session_term_uses_only_the_pairs_with_a_timestamp(spark: SparkSession) -> None:
+    """Data without timestamps (a generic source with no time column) fits plain EASE; with some
+    rows untimed, the session Gram is the kernel over the timed pairs, the co-occurrence over all."""
+    h = _timed_history(5)
+    untimed = h.sample(frac=0.3, random_state=1).index
+    secs = h.seconds.astype("Int64").mask(h.index.isin(untimed))
+    df = spark.createDataFrame(h.assign(seconds=secs.astype(object).where(secs.notna(), None))).selectExpr(
+        "user_idx", "item_idx", "timestamp_seconds(seconds) AS timestamp"
+    )
+    ids = np.unique(h.item_idx)
+    local = h.assign(item_idx=np.searchsorted(ids, h.item_idx))
+    g = _closed_form(h[["user_idx", "item_idx"]], ids, 4.0)  # plain EASE's B, for the no-time case
+    none = fit_ease(df.selectExpr("user_idx", "item_idx", "CAST(NULL AS timestamp) AS timestamp"), 4.0,
+                    min_item_interactions=1, session_weight=3.0)  # fmt: skip
+    np.testing.assert_allclose(none.weights, g, atol=1e-6)
+    some = fit_ease(df, 4.0, min_item_interactions=1, session_weight=3.0, session_seconds=200.0)
+    users = np.unique(h.user_idx)
+    x = np.zeros((len(users), len(ids)))
+    x[np.searchsorted(users, h.user_idx), np.searchsorted(ids, h.item_idx)] = 1.0
+    timed = local[~local.index.isin(untimed)]
+    gram = x.T @ x + 3.0 * _brute_session_gram(timed, len(ids), 200.0) + 4.0 * np.eye(len(ids))
+    p = np.linalg.inv(gram)
+    b = p / -np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(some.weights, b, atol=1e-6)
+    assert np.abs(some.weights - g).max() > 1e-3  # the timed pairs do change the model
 
 
 def test_sessions_put_the_item_taken_together_first(spark: SparkSession) -> None:

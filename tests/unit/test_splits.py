@@ -15,7 +15,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
+from watchnext.config import EvaluationConfig
 from watchnext.constants import COL_ITEM_IDX, COL_RATING, COL_TIMESTAMP, COL_USER_IDX
+from watchnext.evaluation.protocol import split as protocol_split
 from watchnext.evaluation.splits import (
     leave_last_n_split,
     pair_hash,
@@ -288,3 +290,17 @@ def test_bad_arguments_fail_fast(df: DataFrame) -> None:
         leave_last_n_split(df.drop(COL_TIMESTAMP))
     with pytest.raises(TypeError, match="cutoff"):
         time_split(df, 12)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("split", ["leave_last_n", "time"])
+def test_a_split_by_time_refuses_interactions_without_a_timestamp(spark: SparkSession, split: str) -> None:
+    rows = [(0, 1, 4.0, dt.datetime(2024, 1, 1)), (0, 2, 3.0, None), (1, 1, 5.0, dt.datetime(2024, 2, 1))]
+    df = spark.createDataFrame(
+        rows, f"{COL_USER_IDX} int, {COL_ITEM_IDX} int, {COL_RATING} double, {COL_TIMESTAMP} timestamp"
+    )
+    cfg = EvaluationConfig(split=split, time_cutoff=dt.date(2024, 1, 15) if split == "time" else None)
+    with pytest.raises(
+        ValueError,
+        match=f"evaluation.split '{split}' orders interactions by time, but 1 interactions have no timestamp",
+    ):
+        protocol_split(df, cfg)

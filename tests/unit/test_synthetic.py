@@ -305,3 +305,25 @@ def test_write_csv_movielens_layout(spark: SparkSession, data: SyntheticData, tm
         write_csv(data, "s3a://bucket/synthetic", single_file=True)
     line = (tmp_path / "single" / "movies.csv").read_text().splitlines()[1]
     assert re.fullmatch(r"\d+,Synthetic Movie \d+ \(\d{4}\),[A-Za-z|-]+", line), line
+
+
+def test_play_counts_replace_only_the_values(spark: SparkSession, data: SyntheticData) -> None:
+    """Off (CFG, the default): half-star ratings (test_interactions_are_valid). On: the same users,
+    items and timestamps, the value a positive integer count that is larger in the user's own cluster
+    (planted: play_count_ratio ** 1.25 ~ 5.7x the other clusters' mean at ratio 4, shrunk by the
+    secondary cluster and by the + 1; measured own 17.0 vs elsewhere 6.6 on this data)."""
+    assert CFG.play_counts is False
+    on = generate(spark, CFG.model_copy(update={"play_counts": True}), users_per_block=BLOCK)
+    counts = on.source.interactions.cache()
+    assertDataFrameEqual(counts.drop("rating"), data.source.interactions.drop("rating"))
+    # written like MovieLens values ("12.0"): positive integers
+    assert counts.filter(~F.col("rating").rlike(r"^[1-9][0-9]*\.0$")).count() == 0
+    own = (
+        counts.join(data.item_clusters, "item_id")
+        .join(data.user_clusters.withColumnRenamed("cluster_id", "primary"), "user_id")
+        .groupBy((F.col("cluster_id") == F.col("primary")).alias("own"))
+        .agg(F.avg(F.col("rating").cast("double")).alias("mean"))
+    )
+    means = {r.own: r.mean for r in own.collect()}
+    assert means[True] >= 2 * means[False], means
+    counts.unpersist()

@@ -27,6 +27,7 @@ from watchnext.constants import (
     COL_RATING,
     COL_RUN_DATE,
     COL_SCORE,
+    COL_TIMESTAMP,
     COL_USER_IDX,
     TABLE_EVAL_FACTORS,
     TABLE_EVAL_NEIGHBORS,
@@ -46,14 +47,27 @@ def split(interactions: DataFrame, cfg: EvaluationConfig) -> tuple[DataFrame, Da
         train, test = stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
     elif cfg.split == "random":
         train, test = random_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
-    elif cfg.split == "leave_last_n":
-        train, test = leave_last_n_split(interactions, n=cfg.leave_last_n)
     else:
-        assert cfg.time_cutoff is not None  # checked by the config
-        train, test = time_split(interactions, cfg.time_cutoff)
+        _require_timestamps(interactions, cfg.split)
+        if cfg.split == "leave_last_n":
+            train, test = leave_last_n_split(interactions, n=cfg.leave_last_n)
+        else:
+            assert cfg.time_cutoff is not None  # checked by the config
+            train, test = time_split(interactions, cfg.time_cutoff)
     if test.isEmpty():
         raise EmptyTestError(_empty_test_message(interactions, cfg))
     return train, test
+
+
+def _require_timestamps(interactions: DataFrame, split_name: str) -> None:
+    """A split by time needs every interaction's time: one without would land in train or test by
+    chance (a null sorts first; it is never before a cut-off)."""
+    missing = interactions.where(F.col(COL_TIMESTAMP).isNull()).count()
+    if missing:
+        raise ValueError(
+            f"evaluation.split '{split_name}' orders interactions by time, but {missing} interactions have "
+            "no timestamp: use evaluation.split stratified or random, or give the data a timestamp column"
+        )
 
 
 class EmptyTestError(ValueError):

@@ -20,6 +20,13 @@ The generative model (every draw comes from numpy generators seeded by ``Synthet
 * **Ratings** ``clip(round2(3 + affinity + user bias + item quality + noise), 0.5, 5)`` on the 0.5
   grid, with affinity +0.75 in the primary cluster, +0.25 in the secondary and -0.5 elsewhere.
   **Timestamps** are uniform epoch seconds in ``[start_date, start_date + days)``.
+* **Play counts** (``play_counts``, off by default; implicit feedback, so ``ingest.feedback: implicit``):
+  the rating is replaced by ``1 + Poisson(PLAY_BASE * activity_u * play_count_ratio ** (latent - 3))``
+  with ``latent`` the unrounded, unclipped rating above and ``activity_u`` LogNormal(0, 1) per user
+  (heavy listeners): counts grow geometrically with the preference, so the user's own cluster gets
+  about ``play_count_ratio ** 1.25`` times the counts of incidental items, and the raw counts are
+  heavy-tailed across users (what the ALS ``log`` confidence is for). Drawn after everything else, so
+  with the option off not a single row changes.
 
 Users are generated in fixed blocks of ``users_per_block`` consecutive ids, each block with its own
 seed derived from ``(seed, block)``, inside ``mapInPandas`` over ``spark.range`` of the user ids: the
@@ -85,6 +92,8 @@ USER_BIAS_SD = 0.3
 ITEM_QUALITY_SD = 0.25
 RATING_NOISE_SD = 0.6
 FIRST_YEAR = 1950
+PLAY_BASE = 2.0  # mean extra plays at a latent rating of BASE_RATING for an average user
+PLAY_ACTIVITY_SD = 1.0  # log-scale spread of users' listening activity
 
 # Independent random streams: SeedSequence(seed, spawn_key=(stream, ...)).
 _ITEMS, _PROFILES, _EVENTS = 0, 1, 2
@@ -360,6 +369,10 @@ def _block_events(cfg: SyntheticConfig, cat: _Catalogue, block: int, per_block: 
     rating = np.clip(np.rint(latent * 2) / 2, 0.5, 5.0)
     start = calendar.timegm(cfg.start_date.timetuple())
     ts = rng.integers(start, start + cfg.days * 86_400, key.size)
+    if cfg.play_counts:  # after every other draw: the option changes nothing else
+        activity = rng.lognormal(0.0, PLAY_ACTIVITY_SD, len(prof["user"]))
+        mean = PLAY_BASE * activity[upos] * cfg.play_count_ratio ** (latent - BASE_RATING)
+        rating = 1.0 + rng.poisson(mean).astype(np.float64)
     return pd.DataFrame({"user": prof["user"][upos], "item": item + 1, "rating": rating, "ts": ts})
 
 

@@ -8,13 +8,33 @@
 with preference ``p_ui = 1 if x_ui > 0 else 0`` and confidence ``c_ui = 1 + alpha * |x_ui|``, where
 ``x_ui`` is the value given to Spark. ``confidence`` says how ``x_ui`` comes from the rating ``r``:
 
-* ``"binary"``: ``x = 1`` for every interaction, so ``c = 1 + alpha`` (watched = liked; the default,
-  best on ml-latest-small when every held-out item counts as relevant);
-* ``"rating"``: ``x = r``, so ``c = 1 + alpha * r`` (higher ratings, more confidence);
-* ``"log"``: ``x = log(1 + r)`` (dampens large weights such as play counts);
+* ``"binary"``: ``x = 1`` for every interaction, so ``c = 1 + alpha`` (watched = liked; what ``auto``
+  gives ratings, best on ml-latest-small when every held-out item counts as relevant);
+* ``"rating"``: ``x = r``, so ``c = 1 + alpha * r`` (higher ratings, more confidence; on raw counts,
+  up to 350,000 plays of an artist, one cell gets a confidence of millions and outweighs the rest of
+  its user's row);
+* ``"log"``: ``x = log1p(r) = log(1 + r)``: the scheme for counts, Hu, Koren & Volinsky's own
+  ``c = 1 + alpha * log(1 + r / eps)`` with ``eps = 1``: a count still raises the confidence, but a
+  thousand plays weigh about 7 times one play, not a thousand times;
 * ``"centered"``: ``x = r - rating_threshold``: ratings above the threshold are positive with
   confidence growing with the margin, those below are confident *negatives* (``p = 0``,
   ``c = 1 + alpha * (threshold - r)``), those at the threshold count as unobserved.
+
+**Choosing the scheme** (:func:`resolve_confidence`, ``als.confidence: auto``, the default): the
+value column is what ingest stored: an explicit rating, or for implicit feedback the sum of the
+events' weights per (user, item) (1.0 per event without a value column), so implicit data without
+counts has every value equal. ``auto`` resolves per run:
+
+* explicit ratings (``ingest.feedback: explicit``) -> ``binary`` (the measured default; ratings as
+  confidence did worse on ml-latest-small, docs/quality.md);
+* implicit, every value equal (events without counts) -> ``binary`` (any scheme is binary then, up
+  to a rescaled alpha);
+* implicit counts (the values vary) -> searched on the validation split with the other parameters
+  over ``als.tuning.space.confidence`` (the first trials: the configured parameters with ``log``, then
+  with each other scheme), or ``log`` when tuning is off.
+
+A named scheme is used as configured and never searched. The resolved scheme is what the als stage
+fits and registers (``best.confidence``), so the recommend stage fits with it too.
 
 **Biased explicit** (:func:`fit_biased_als`): ``r_hat = mu + b_u + b_i + p_u . q_i``: the
 regularised bias model (:mod:`watchnext.models.baselines`) is fitted first and ALS on the residuals
@@ -29,8 +49,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.ml.recommendation import ALS, ALSModel
@@ -55,6 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Confidence = Literal["binary", "rating", "log", "centered"]
+ConfidenceSetting = Literal["auto", "binary", "rating", "log", "centered"]
+COUNTS_CONFIDENCE: Confidence = "log"  # auto's scheme for counts (tuning off; the search's trial 0)
 # Fewest ratings per ALS block worth a separate task: below this, more blocks only add shuffle.
 MIN_RATINGS_PER_BLOCK = 50_000
 
@@ -76,15 +99,24 @@ class AlsParams(BaseModel):
     seed: int = 42
 
     @classmethod
-    def from_config(cls, cfg: AlsConfig, seed: int | None = None) -> AlsParams:
-        """The fixed-point parameters of the ``als`` config section."""
+    def from_config(
+        cls, cfg: AlsConfig, seed: int | None = None, confidence: Confidence | None = None
+    ) -> AlsParams:
+        """The fixed-point parameters of the ``als`` config section.
+
+        ``confidence`` (a resolved scheme, :func:`resolve_confidence`) replaces the configured one;
+        without it ``auto`` reads as ``binary``, its scheme for ratings and plain events (the als
+        stage resolves ``auto`` from the data and registers the result).
+        """
+        if confidence is None:
+            confidence = "binary" if cfg.confidence == "auto" else cfg.confidence
         return cls(
             rank=cfg.rank,
             reg_param=cfg.reg_param,
             alpha=cfg.alpha,
             max_iter=cfg.max_iter,
             implicit_prefs=cfg.implicit_prefs,
-            confidence=cfg.confidence,
+            confidence=confidence,
             rating_threshold=cfg.rating_threshold,
             nonnegative=cfg.nonnegative,
             checkpoint_interval=cfg.checkpoint_interval,
@@ -98,6 +130,89 @@ class BiasedAlsModel:
 
     biases: BiasModel
     als: ALSModel
+
+
+@dataclass(frozen=True)
+class ConfidenceDecision:
+    """How ``als.confidence`` resolved for one run's data (:func:`resolve_confidence`)."""
+
+    configured: ConfidenceSetting
+    scheme: Confidence  # what is fitted; with ``searched``, the search's trial 0
+    searched: tuple[Confidence, ...]  # the schemes the tuning searches; () when fixed
+    reason: str
+    value_min: float | None = None  # the measured value range; None when not measured
+    value_max: float | None = None
+
+    def describe(self) -> str:
+        """One line: the outcome and why."""
+        what = (
+            f"searched over {list(self.searched)} (trial 0: {self.scheme})" if self.searched else self.scheme
+        )
+        return f"als.confidence {self.configured} -> {what}: {self.reason}"
+
+    def mlflow_params(self) -> dict[str, Any]:
+        """The decision as MLflow params (``confidence.*``)."""
+        return {
+            "confidence.configured": self.configured,
+            "confidence.scheme": self.scheme,
+            "confidence.searched": ",".join(self.searched),
+            "confidence.reason": self.reason,
+            "confidence.value_min": self.value_min,
+            "confidence.value_max": self.value_max,
+        }
+
+
+def resolve_confidence(
+    interactions: DataFrame,
+    configured: ConfidenceSetting,
+    feedback: Literal["explicit", "implicit"],
+    *,
+    implicit_prefs: bool = True,
+    tuning: bool = True,
+    candidates: Sequence[Confidence] = ("binary", "log", "rating"),
+    col_rating: str = COL_RATING,
+) -> ConfidenceDecision:
+    """Resolve ``configured`` for ``interactions`` (the rule in the module docstring).
+
+    ``feedback`` is ``ingest.feedback``; ``tuning`` whether the validation search runs; ``candidates``
+    the schemes it may search (``als.tuning.space.confidence``). Only ``auto`` on implicit feedback
+    looks at the data: one aggregation, the min and max of ``col_rating``.
+    """
+    if configured not in get_args(ConfidenceSetting):
+        raise ValueError(f"confidence must be one of {get_args(ConfidenceSetting)}, got {configured!r}")
+    if feedback not in ("explicit", "implicit"):
+        raise ValueError(f"feedback must be 'explicit' or 'implicit', got {feedback!r}")
+    bad = [c for c in candidates if c not in get_args(Confidence)]
+    if not candidates or bad:
+        raise ValueError(f"candidates must be schemes of {get_args(Confidence)}, got {list(candidates)}")
+    if configured != "auto":
+        return ConfidenceDecision(configured, configured, (), "configured")
+    if not implicit_prefs:
+        return ConfidenceDecision(
+            configured, "binary", (), "explicit ALS (implicit_prefs false) has no confidence"
+        )
+    if feedback == "explicit":
+        return ConfidenceDecision(
+            configured, "binary", (), "explicit ratings (ingest.feedback explicit): every rated item counts"
+        )
+    if col_rating not in interactions.columns:
+        raise ValueError(f"interactions is missing column '{col_rating}' (has {interactions.columns})")
+    row = interactions.agg(F.min(col_rating).alias("lo"), F.max(col_rating).alias("hi")).head(1)[0]
+    lo, hi = (None if v is None else float(v) for v in (row["lo"], row["hi"]))
+    if lo is None or hi is None:
+        return ConfidenceDecision(configured, "binary", (), "no interactions", lo, hi)
+    if lo == hi:
+        reason = f"implicit events without counts (every value {lo:g})"
+        return ConfidenceDecision(configured, "binary", (), reason, lo, hi)
+    counts = f"implicit counts (values {lo:g} to {hi:g})"
+    if not tuning:
+        return ConfidenceDecision(configured, COUNTS_CONFIDENCE, (), f"{counts}, tuning off", lo, hi)
+    if len(candidates) == 1:
+        reason = f"{counts}, the only scheme in als.tuning.space.confidence"
+        return ConfidenceDecision(configured, candidates[0], (), reason, lo, hi)
+    start = COUNTS_CONFIDENCE if COUNTS_CONFIDENCE in candidates else candidates[0]
+    reason = f"{counts}: chosen on the validation split"
+    return ConfidenceDecision(configured, start, tuple(candidates), reason, lo, hi)
 
 
 def implicit_value(rating: Column, confidence: Confidence, rating_threshold: float = 3.0) -> Column:

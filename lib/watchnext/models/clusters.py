@@ -1,13 +1,17 @@
-"""Genre clusters over the content features, their labels, and users' affinity to them.
+"""Genre clusters over the item feature vectors, their labels, and users' affinity to them.
+
+The vectors are the items' content features, their L2-normalised ALS factors ("behaviour"), or both
+(``clusters.features``, :mod:`watchnext.models.cluster_features`): everything below works on any unit
+vectors whose cosine is the similarity meant.
 
 **Clustering** (:func:`fit_clusters`): Spark's ``KMeans`` or ``BisectingKMeans`` with
-``distanceMeasure="cosine"`` (spherical k-means: the features are L2-normalised and built so that
-their cosine is the content similarity, see :mod:`watchnext.features.content`). With ``k`` None every
-``k`` in ``range(k_min, k_max + 1, k_step)`` below the number of distinct non-zero vectors is fitted
-and the one with the highest **silhouette** wins (ties: the smaller k). The silhouette is Spark's
-``ClusteringEvaluator`` with the *cosine* distance ``1 - cos``, the geometry the clusters are fitted
-in (for unit vectors the squared Euclidean distance is ``2 (1 - cos)``, which ranks points alike, but
-cosine keeps the score on the scale of the similarity the features define).
+``distanceMeasure="cosine"`` (spherical k-means: the features are L2-normalised and built so that their
+cosine is the item similarity, e.g. the content similarity of :mod:`watchnext.features.content`). With
+``k`` None every ``k`` in ``range(k_min, k_max + 1, k_step)`` below the number of distinct non-zero
+vectors is fitted and the one with the highest **silhouette** wins (ties: the smaller k). The
+silhouette is Spark's ``ClusteringEvaluator`` with the *cosine* distance ``1 - cos``, the geometry the
+clusters are fitted in (for unit vectors the squared Euclidean distance is ``2 (1 - cos)``, which ranks
+points alike, but cosine keeps the score on the scale of the similarity the features define).
 
 Up to ``clusters.search_max_items`` items with content (k-means, more than one k), the search runs on
 the driver (:mod:`watchnext.models.kmeans_search`: the same spherical k-means and cosine silhouette,
@@ -21,30 +25,37 @@ up to 1e-9. One k-means|| start often ends in a local optimum that merges two pl
 splits another: about half of the starts on the synthetic catalogues, whose planted partition has the
 lowest cost.
 
-Items whose feature vector is all zeros (no content) are not given to k-means: they have no cosine
-with anything and would drag centroids towards the origin. If there are any, they form their own
-cluster ``"Uncategorised"`` with id ``k`` (the model's clusters are ``0 .. k-1``); if there are none,
-that id is unused. Cluster ids do not depend on k-means' own numbering of its centres (which follows
-the order its random starts happen to pick them, and changed between two runs of the same data): the
-clusters are numbered by size, largest first, ties by their lowest item index, so a re-run that finds
-the same partition of the items writes the same ids. The returned model is k-means followed by that
-renumbering (a ``SQLTransformer``), so it labels new items with the same ids.
+Items whose feature vector is all zeros (no content; in behaviour mode, no factors) are not given to
+k-means: they have no cosine with anything and would drag centroids towards the origin. If there are
+any, they form their own cluster ``"Uncategorised"`` with id ``k`` (the model's clusters are
+``0 .. k-1``); if there are none, that id is unused. Cluster ids do not depend on k-means' own numbering of
+its centres (which follows the order its random starts happen to pick them, and changed between two
+runs of the same data): the clusters are numbered by size, largest first, ties by their lowest item
+index, so a re-run that finds the same partition of the items writes the same ids. The returned model
+is k-means followed by that renumbering (a ``SQLTransformer``), so it labels new items with the same
+ids.
 
 **Labels** (:func:`label_clusters`): for cluster ``c`` and genre ``g``, ``support = n_cg / n_c`` (the
 share of the cluster's items carrying ``g``) and ``lift = support / (n_g / N)`` (over the share of all
-clustered items carrying it). A genre is *characteristic* of ``c`` when ``lift > 1`` (over-represented);
-characteristic genres are ranked by support, then lift, then name, and the first ``n_genres`` are joined
-with ``" & "``. Tags (lower-cased, trimmed, an item counted once per tag) are ranked by the same rule
-and the first ``n_tags`` follow in double quotes after ``" · "``: ``Animation & Children · "pixar"``.
-Support first, because a label should describe most of the cluster: ranking by ``support * lift``
-names a genre on 85% of the cluster that is unique to it before the genre *every* item carries when
-that one also appears in other clusters, which reads as a side trait (with 2 genres, on the planted
-clusters of synthetic seeds 1-12 at 480 items / 6 clusters, ``support * lift`` leaves the lead genre
-out of 3 of 72 labels; this rule out of none). The lift filter keeps
-catalogue-wide genres (a Drama on 45% of everything) out of clusters where they are merely common.
-A cluster with nothing characteristic is ``"Uncategorised"``. Labels are made unique: clusters that
-share a label take their next characteristic genre, then their next tag, until they differ or run
-out; then the larger cluster (ties: lower id) keeps the label and the others get ``" #2"``, ``" #3"``.
+clustered items carrying it). A genre is *characteristic* of ``c`` when ``lift > 1``
+(over-represented); characteristic genres are ranked by support, then lift, then name, and the first
+``n_genres`` are joined with ``" & "``. Tags (lower-cased, trimmed, an item counted once per tag) are
+ranked by the same rule and the first ``n_tags`` follow in double quotes after ``" · "``: ``Animation &
+Children · "pixar"``. Support first, because a label should describe most of the cluster: ranking by
+``support * lift`` names a genre on 85% of the cluster that is unique to it before the genre *every*
+item carries when that one also appears in other clusters, which reads as a side trait (with 2 genres,
+on the planted clusters of synthetic seeds 1-12 at 480 items / 6 clusters, ``support * lift`` leaves
+the lead genre out of 3 of 72 labels; this rule out of none). The lift filter keeps catalogue-wide
+genres (a Drama on 45% of everything) out of clusters where they are merely common. A cluster with
+nothing characteristic is ``"Uncategorised"``, unless the caller passes the interactions (the clusters
+stage does for behavioural clusters and thin catalogues): then it is named by its most popular members,
+``"Fans of A, B, C"``, the ``n_members`` items of the cluster with the most distinct users (ties: lower
+item index), by title. A catalogue of names (music artists) has no genre or tag to name a cluster by,
+and a few well-known members say what its audience likes; a cluster nobody interacted with (the
+never-watched items of behaviour mode) stays ``"Uncategorised"``. Labels are made unique: clusters that
+share a label take their next characteristic genre, then their next tag, then their next member, until
+they differ or run out; then the larger cluster (ties: lower id) keeps the label and the others get ``"
+#2"``, ``" #3"``.
 
 **Affinity** (:func:`user_cluster_affinity`): ``share(u, c) = (n_uc + m * p_c) / (n_u + m)`` with
 ``n_uc`` the user's interactions on items of cluster ``c``, ``n_u`` all of theirs, ``p_c`` the
@@ -89,6 +100,7 @@ from watchnext.constants import (
     COL_SHARE,
     COL_SIZE,
     COL_TAGS,
+    COL_TITLE,
     COL_TOP_GENRES,
     COL_TOP_TAGS,
     COL_USER,
@@ -99,6 +111,7 @@ from watchnext.models import kmeans_search
 log = logging.getLogger(__name__)
 
 UNCATEGORISED = "Uncategorised"
+FANS_OF = "Fans of "  # a behavioural cluster's label: "Fans of A, B, C", its most popular members
 NO_GENRES = "(no genres listed)"
 # Extra ranked genres/tags kept per cluster to disambiguate labels that collide.
 LABEL_SPARE = 5
@@ -370,20 +383,38 @@ def format_label(genres: list[str], tags: list[str]) -> str:
     return " · ".join(parts) or UNCATEGORISED
 
 
+def format_members_label(titles: list[str]) -> str:
+    """``"Fans of A, B, C"``; ``"Uncategorised"`` when there are none."""
+    return f"{FANS_OF}{', '.join(titles)}" if titles else UNCATEGORISED
+
+
 def unique_labels(
-    rows: list[tuple[int, int, list[str], list[str]]], n_genres: int, n_tags: int
+    rows: list[tuple[int, int, list[str], list[str]]],
+    n_genres: int,
+    n_tags: int,
+    *,
+    members: dict[int, list[str]] | None = None,
+    n_members: int = 0,
 ) -> dict[int, tuple[str, list[str], list[str]]]:
     """``cluster -> (label, genres used, tags used)`` from ``(cluster, size, ranked genres, ranked tags)``.
 
-    Every cluster in a group sharing a label takes its next genre, else its next tag, until the labels
-    differ or no member has terms left; then the largest (ties: lowest id) keeps the label and the
-    others get ``" #2"``, ``" #3"``, ... in that order.
+    A cluster with no ranked genre and no ranked tag but ranked ``members`` (titles, most popular
+    first) is named by its first ``n_members`` of them (:func:`format_members_label`). Every cluster in
+    a group sharing a label takes its next genre, else its next tag, else its next member, until the
+    labels differ or no member has terms left; then the largest (ties: lowest id) keeps the label and
+    the others get ``" #2"``, ``" #3"``, ... in that order.
     """
-    used = {c: [min(n_genres, len(g)), min(n_tags, len(t))] for c, _, g, t in rows}
-    ranked = {c: (g, t) for c, _, g, t in rows}
+    members = members or {}
+    ranked = {c: (g, t, [] if g or t else members.get(c, [])) for c, _, g, t in rows}
+    used = {
+        c: [min(n_genres, len(g)), min(n_tags, len(t)), min(n_members, len(m))]
+        for c, (g, t, m) in ranked.items()
+    }
 
     def label(c: int) -> str:
-        g, t = ranked[c]
+        g, t, m = ranked[c]
+        if m:
+            return format_members_label(m[: used[c][2]])
         return format_label(g[: used[c][0]], t[: used[c][1]])
 
     while True:
@@ -391,17 +422,15 @@ def unique_labels(
         for c in used:
             groups[label(c)].append(c)
         grew = False
-        for members in groups.values():
-            if len(members) < 2:
+        for group in groups.values():
+            if len(group) < 2:
                 continue
-            for c in members:
-                g, t = ranked[c]
-                if used[c][0] < len(g):
-                    used[c][0] += 1
-                    grew = True
-                elif used[c][1] < len(t):
-                    used[c][1] += 1
-                    grew = True
+            for c in group:
+                for i, terms in enumerate(ranked[c]):
+                    if used[c][i] < len(terms):
+                        used[c][i] += 1
+                        grew = True
+                        break
         if not grew:
             break
 
@@ -431,16 +460,58 @@ def _labels_schema(col_cluster: str) -> T.StructType:
     )
 
 
+def _ranked_members(
+    assignments: DataFrame,
+    items: DataFrame,
+    interactions: DataFrame,
+    keep: int,
+    *,
+    col_item: str,
+    col_item_idx: str,
+    col_cluster: str,
+    col_user: str,
+    col_title: str,
+) -> DataFrame:
+    """``(col_cluster, _members: array<string>)``: the titles (else the item id) of each cluster's
+    ``keep`` members with the most distinct users in ``interactions``, ties by lower ``col_item_idx``;
+    members nobody interacted with are left out."""
+    users = (
+        interactions.select(col_user, col_item)
+        .groupBy(col_item)
+        .agg(F.countDistinct(col_user).alias("_users"))
+    )
+    title = F.coalesce(F.nullif(F.trim(F.col(col_title)), F.lit("")), F.col(col_item).cast("string"))
+    w = Window.partitionBy(col_cluster).orderBy(F.col("_users").desc(), F.col(col_item_idx).asc())
+    return (
+        assignments.select(col_item, col_item_idx, col_cluster)
+        .join(users, col_item)
+        .join(items.select(col_item, col_title), col_item, "left")
+        .select(col_cluster, title.alias("_title"), F.row_number().over(w).alias("_r"))
+        .where(F.col("_r") <= keep)
+        .groupBy(col_cluster)
+        .agg(
+            F.transform(F.sort_array(F.collect_list(F.struct("_r", "_title"))), lambda s: s["_title"]).alias(
+                "_members"
+            )
+        )
+    )
+
+
 def label_clusters(
     assignments: DataFrame,
     items: DataFrame,
     *,
     n_genres: int,
     n_tags: int,
+    interactions: DataFrame | None = None,
+    n_members: int = 3,
     col_item: str = COL_ITEM,
+    col_item_idx: str = COL_ITEM_IDX,
     col_cluster: str = COL_CLUSTER,
     col_genres: str = COL_GENRES,
     col_tags: str = COL_TAGS,
+    col_title: str = COL_TITLE,
+    col_user: str = COL_USER,
 ) -> DataFrame:
     """``(cluster_id int, label, size long, top_genres, top_tags)``, one row per assigned cluster.
 
@@ -448,6 +519,11 @@ def label_clusters(
     ``N`` and the cluster sizes count the assigned items (an item missing from ``items`` counts as one
     without genres or tags). The statistics are computed in Spark; only one row per cluster (with
     its ``n + LABEL_SPARE`` best terms) reaches the driver, which makes the labels unique.
+
+    With ``interactions`` (``col_user``, ``col_item``), a cluster without a characteristic genre or
+    tag is named by its ``n_members`` most popular members instead of ``"Uncategorised"``: ``"Fans
+    of A, B, C"`` (titles from ``items``; ``assignments`` then needs ``col_item_idx``, ``items``
+    ``col_title``). Without it, the labels are those of the genre/tag rule alone.
     """
     require_columns(assignments, [col_item, col_cluster], "assignments")
     require_columns(items, [col_item, col_genres, col_tags], "items")
@@ -455,6 +531,12 @@ def label_clusters(
         raise ValueError(
             f"label_clusters needs n_genres, n_tags >= 0 and not both 0, got {n_genres}, {n_tags}"
         )
+    if interactions is not None:
+        require_columns(assignments, [col_item_idx], "assignments")
+        require_columns(items, [col_title], "items")
+        require_columns(interactions, [col_user, col_item], "interactions")
+        if n_members < 1:
+            raise ValueError(f"label_clusters needs n_members >= 1, got {n_members}")
     empty = F.array().cast("array<string>")
     genres = F.filter(
         F.transform(F.coalesce(F.col(col_genres), empty), lambda x: F.trim(x)),
@@ -474,14 +556,25 @@ def label_clusters(
     total = sizes.agg(F.sum("_n_c").alias("_N"))
     top_g = _ranked_terms(clustered, "_genres", sizes, total, n_genres + LABEL_SPARE, col_cluster)
     top_t = _ranked_terms(clustered, "_tags", sizes, total, n_tags + LABEL_SPARE, col_cluster)
+    stats = sizes.join(top_g, col_cluster, "left").join(top_t, col_cluster, "left")
+    if interactions is not None:
+        top_m = _ranked_members(
+            assignments, items, interactions, n_members + LABEL_SPARE,
+            col_item=col_item, col_item_idx=col_item_idx, col_cluster=col_cluster, col_user=col_user,
+            col_title=col_title,
+        )  # fmt: skip
+        stats = stats.join(top_m, col_cluster, "left")
+    else:
+        stats = stats.withColumn("_members", F.lit(None).cast("array<string>"))
     try:
-        rows = sizes.join(top_g, col_cluster, "left").join(top_t, col_cluster, "left").collect()  # k rows
+        rows = stats.collect()  # k rows
     finally:
         clustered.unpersist()
     ranked = [
         (int(r[col_cluster]), int(r["_n_c"]), list(r["_genres"] or []), list(r["_tags"] or [])) for r in rows
     ]
-    labels = unique_labels(ranked, n_genres, n_tags)
+    members = {int(r[col_cluster]): list(r["_members"] or []) for r in rows}
+    labels = unique_labels(ranked, n_genres, n_tags, members=members, n_members=n_members)
     out = []
     for c, n, _, _ in sorted(ranked):
         label, top_genres, top_tags = labels[c]

@@ -94,7 +94,8 @@ def fit_ease(
 ) -> EaseModel:
     """EASE on the distinct ``(user_idx, item_idx)`` pairs of ``history`` (module docstring), with the
     session Gram weighted ``session_weight`` when that is above 0 (``history`` then needs
-    ``timestamp``: the first one of a pair is its time)."""
+    ``timestamp``: the first one of a pair is its time; a pair without one adds nothing to the session
+    Gram, so data without timestamps fits plain EASE)."""
     if reg <= 0:
         raise ValueError(f"EASE needs reg > 0, got {reg}")
     if max_items < 1:
@@ -135,11 +136,14 @@ def fit_ease(
     x = sp.csr_matrix((np.ones(len(items), np.float64), (rows, cols)), shape=(rows.max() + 1, n))
     gram = (x.T @ x).toarray()
     if sessions:
-        if kept.column(_SECONDS).null_count:
-            raise ValueError("EASE session_weight > 0: history has rows without a timestamp")
-        seconds = kept.column(_SECONDS).to_numpy().astype(np.int64)
-        t = session_gram(rows, cols, seconds, n, session_seconds)
-        gram += session_weight * t.toarray()
+        secs = kept.column(_SECONDS)
+        timed = ~np.asarray(secs.is_null().to_numpy(zero_copy_only=False), bool)
+        if not timed.all():
+            log.info("EASE: session term over the %d of %d pairs with a timestamp", timed.sum(), len(timed))
+        if timed.any():
+            seconds = secs.filter(pa.array(timed)).to_numpy().astype(np.int64)
+            t = session_gram(rows[timed], cols[timed], seconds, n, session_seconds)
+            gram += session_weight * t.toarray()
     gram[np.diag_indices(n)] += reg
     p = np.linalg.inv(gram)
     b = p / -np.diag(p)

@@ -16,7 +16,9 @@ Methods, all driven by Optuna so they share one loop:
 
 With an active MLflow run (and ``log_to_mlflow``), every trial is a nested run holding its parameters
 and all ranking metrics; logging anything about the search to the parent is the caller's job.
-``alpha`` is searched only for implicit feedback.
+``alpha`` is searched only for implicit feedback, and the confidence scheme (a categorical dimension)
+only when the caller passes ``confidences`` (``als.confidence: auto`` on implicit counts,
+:func:`watchnext.models.als.resolve_confidence`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,7 +45,15 @@ from watchnext.constants import COL_FEATURES, COL_ITEM_IDX, COL_RATING, COL_USER
 from watchnext.evaluation.local_metrics import ranking_metrics_arrays
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.evaluation.splits import stratified_split
-from watchnext.models.als import AlsParams, BiasedAlsModel, factor_frames, fit_als, top_k_items
+from watchnext.models.als import (
+    AlsParams,
+    BiasedAlsModel,
+    Confidence,
+    ConfidenceDecision,
+    factor_frames,
+    fit_als,
+    top_k_items,
+)
 from watchnext.models.topk import block_rows_for, top_k_by_blocks
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,8 @@ log = logging.getLogger(__name__)
 Method = Literal["grid", "random", "tpe"]
 _METRIC = re.compile(r"(precision|recall|ndcg|map|mrr|hit_rate)_at_([1-9][0-9]*)")
 _TUNED = ("rank", "reg_param", "alpha", "max_iter")
+# A search dimension: an integer or real range, or the categorical confidence schemes.
+Dim = IntRange | FloatRange | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,11 @@ def validation_split(
     return stratified_split(train, 1.0 - validation_ratio, seed, col_user=col_user, col_item=col_item)
 
 
-def grid_values(dim: IntRange | FloatRange) -> list[Any]:
-    """A dimension's grid: ``values`` if given, else the distinct values of low, middle, high."""
+def grid_values(dim: Dim) -> list[Any]:
+    """A dimension's grid: ``values`` if given, else the distinct values of low, middle, high; a
+    categorical dimension's choices."""
+    if isinstance(dim, tuple):
+        return list(dim)
     if dim.values is not None:
         return list(dim.values)
     mid = math.sqrt(dim.low * dim.high) if dim.log else (dim.low + dim.high) / 2.0
@@ -106,8 +122,8 @@ def grid_values(dim: IntRange | FloatRange) -> list[Any]:
     return sorted(set(points))
 
 
-def _dims(space: AlsSearchSpace, implicit: bool) -> dict[str, IntRange | FloatRange]:
-    dims: dict[str, IntRange | FloatRange] = {
+def _dims(space: AlsSearchSpace, implicit: bool, confidences: Sequence[str] = ()) -> dict[str, Dim]:
+    dims: dict[str, Dim] = {
         "rank": space.rank,
         "reg_param": space.reg_param,
         "alpha": space.alpha,
@@ -115,10 +131,12 @@ def _dims(space: AlsSearchSpace, implicit: bool) -> dict[str, IntRange | FloatRa
     }
     if not implicit:
         dims.pop("alpha")
+    elif len(confidences) > 1:
+        dims["confidence"] = tuple(confidences)
     return dims
 
 
-def _sampler(method: Method, dims: dict[str, IntRange | FloatRange], n_trials: int, seed: int) -> Any:
+def _sampler(method: Method, dims: dict[str, Dim], n_trials: int, seed: int) -> Any:
     import optuna
 
     if method == "tpe":
@@ -130,17 +148,20 @@ def _sampler(method: Method, dims: dict[str, IntRange | FloatRange], n_trials: i
     raise ValueError(f"method must be 'grid', 'random' or 'tpe', got {method!r}")
 
 
-def _start_point(base: AlsParams, dims: dict[str, IntRange | FloatRange]) -> dict[str, Any] | None:
+def _start_point(base: AlsParams, dims: dict[str, Dim]) -> dict[str, Any] | None:
     """``base``'s values of the searched dimensions, or None when one lies outside the space."""
     point = {name: getattr(base, name) for name in dims}
-    inside = all(d.low <= point[name] <= d.high for name, d in dims.items())
+    inside = all(
+        point[name] in d if isinstance(d, tuple) else d.low <= point[name] <= d.high
+        for name, d in dims.items()
+    )
     return point if inside else None
 
 
-def _suggest(trial: Any, method: Method, dims: dict[str, IntRange | FloatRange]) -> dict[str, Any]:
+def _suggest(trial: Any, method: Method, dims: dict[str, Dim]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, d in dims.items():
-        if method == "grid":
+        if method == "grid" or isinstance(d, tuple):
             out[name] = trial.suggest_categorical(name, grid_values(d))
         elif isinstance(d, IntRange):
             out[name] = trial.suggest_int(name, d.low, d.high, log=d.log)
@@ -229,6 +250,7 @@ def tune_als(
     num_blocks: int | None = None,
     concurrent_trials: int = 1,
     local_max_cells: int = 0,
+    confidences: Sequence[Confidence] = (),
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
@@ -248,6 +270,10 @@ def tune_als(
     ``local_max_cells``: when validation users x fitting items is at most this, each trial's lists
     are scored on the driver (:class:`LocalValidation`, the same values) instead of by Spark jobs;
     0: always Spark.
+
+    ``confidences``: the confidence schemes to search as a categorical dimension (implicit only; two
+    or more, else ``base.confidence`` is kept); the start point keeps ``base.confidence`` when it is one
+    of them.
     """
     import optuna
 
@@ -255,7 +281,7 @@ def tune_als(
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     base = base or AlsParams()
-    dims = _dims(space, base.implicit_prefs)
+    dims = _dims(space, base.implicit_prefs, confidences)
     if method == "grid":
         size = math.prod(len(grid_values(d)) for d in dims.values())
         if size > n_trials:
@@ -295,7 +321,12 @@ def tune_als(
     start = _start_point(base, dims) if method != "grid" else None
     if start:
         # The configured parameters are the first trial: the search can only add to a known-good point.
+        # With the scheme searched, each scheme at the configured parameters comes first (the start's
+        # first): the search then never ends below any of them on the validation split.
         study.enqueue_trial(start)
+        schemes = dims.get("confidence", ())
+        for scheme in [c for c in schemes if c != start.get("confidence")][: max(0, n_trials - 1)]:
+            study.enqueue_trial({**start, "confidence": scheme})
     report = progress.optuna_callback("als tuning", n_trials, metric)
     try:
         while len(trials) < n_trials:
@@ -371,11 +402,16 @@ def tune_from_config(
     cfg: AlsConfig,
     *,
     log_to_mlflow: bool = True,
+    confidence: ConfidenceDecision | None = None,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
 ) -> TuningResult:
-    """The ``als.tuning`` search on ``train``: carve the validation split, tune (no refit)."""
+    """The ``als.tuning`` search on ``train``: carve the validation split, tune (no refit).
+
+    ``confidence`` (:func:`watchnext.models.als.resolve_confidence` of the data) gives the scheme to
+    start from and the schemes to search; None: ``AlsParams.from_config`` (``auto`` reads as binary).
+    """
     t = cfg.tuning
     cols = {"col_user": col_user, "col_item": col_item}
     fit_part, validation = validation_split(train, t.validation_ratio, t.seed, **cols)
@@ -383,7 +419,7 @@ def tune_from_config(
         fit_part,
         validation,
         t.space,
-        base=AlsParams.from_config(cfg),
+        base=AlsParams.from_config(cfg, confidence=confidence.scheme if confidence else None),
         method=t.method,
         n_trials=t.n_trials,
         metric=t.metric,
@@ -392,6 +428,7 @@ def tune_from_config(
         num_blocks=cfg.num_blocks,
         concurrent_trials=t.concurrent_trials,
         local_max_cells=t.local_max_cells,
+        confidences=confidence.searched if confidence else (),
         col_rating=col_rating,
         **cols,
     )
@@ -402,11 +439,12 @@ def tune_and_refit(
     cfg: AlsConfig,
     *,
     log_to_mlflow: bool = True,
+    confidence: ConfidenceDecision | None = None,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_rating: str = COL_RATING,
 ) -> tuple[ALSModel, TuningResult]:
     """The whole recipe from the ``als`` config: carve validation, tune, refit on all of ``train``."""
     cols = {"col_user": col_user, "col_item": col_item, "col_rating": col_rating}
-    result = tune_from_config(train, cfg, log_to_mlflow=log_to_mlflow, **cols)
+    result = tune_from_config(train, cfg, log_to_mlflow=log_to_mlflow, confidence=confidence, **cols)
     return refit(train, result, num_blocks=cfg.num_blocks, **cols), result

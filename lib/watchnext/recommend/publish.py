@@ -1,5 +1,11 @@
 """What the recommend path publishes: the exactly-N check, reasons, the serving copy, genre rows and
-"because you watched" lists, and what the run logs about them."""
+"because you watched" lists, and what the run logs about them.
+
+The reason texts speak in the words of ``domain:`` (:class:`~watchnext.config.DomainConfig`): the
+defaults give the movie wording ("Because you watched X", "Viewers with similar taste watched this",
+"Popular on watchnext"); a music catalogue with ``verb: listened to`` and ``users: Listeners`` gets
+"Because you listened to X" and "Listeners with similar taste listened to this". Every function that
+writes or reads a reason takes the same ``domain`` (None: the defaults)."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from watchnext import tables
-from watchnext.config import Config
+from watchnext.config import Config, DomainConfig
 from watchnext.constants import (
     COL_ANCHOR,
     COL_CLUSTER,
@@ -35,19 +41,34 @@ from watchnext.constants import (
     TABLE_RECOMMENDATIONS_LATEST,
 )
 from watchnext.models import blend
+from watchnext.models.clusters import FANS_OF
 from watchnext.recommend.sources import Sources
 
 log = logging.getLogger(__name__)
 
-REASONS = {
-    "user": "Viewers with similar taste watched this",
-    "trending": "Trending now",
-    "popular": "Popular on watchnext",
-    "backfill": "Popular on watchnext",
-    "als": "Picked for your taste",
-    "ease": "Picked for your taste",
-    "ncf": "Picked for your taste",
-}
+CLUSTER_PREFIX = "Popular in "  # + the cluster's label
+# A behavioural cluster's label ("Fans of A, B, C") reads as who, not what: "Popular with fans of A, B, C".
+FANS_PREFIX = "Popular with fans of "
+
+
+def reason_texts(domain: DomainConfig | None = None) -> dict[str, str]:
+    """The fixed reason per dominant source, in ``domain``'s words."""
+    d = domain or DomainConfig()
+    taste = "Picked for your taste"
+    return {
+        "user": f"{d.users} with similar taste {d.verb} this",
+        "trending": "Trending now",
+        "popular": f"Popular on {d.service}",
+        "backfill": f"Popular on {d.service}",
+        "als": taste,
+        "ease": taste,
+        "ncf": taste,
+    }
+
+
+def because_prefix(domain: DomainConfig | None = None) -> str:
+    """The start of an item-anchored reason, before the anchor's title: ``"Because you watched "``."""
+    return f"Because you {(domain or DomainConfig()).verb} "
 
 
 def check_exactly_n(top: DataFrame, users: DataFrame, n: int) -> dict[str, int]:
@@ -73,22 +94,45 @@ def check_exactly_n(top: DataFrame, users: DataFrame, n: int) -> dict[str, int]:
     return {"users": int(row["users"]), "items_per_user": n}
 
 
-def reason(labels_col: Column, anchor_title: Column) -> Column:
-    """Human-readable reason from the dominant source (item-item anchors explain latent picks too)."""
+def reason(labels_col: Column, anchor_title: Column, domain: DomainConfig | None = None) -> Column:
+    """Human-readable reason from the dominant source (item-item anchors explain latent picks too), in
+    ``domain``'s words."""
     d = F.col(blend.COL_DOMINANT)
-    because = F.concat(F.lit("Because you watched "), anchor_title)
+    texts = reason_texts(domain)
+    because = F.concat(F.lit(because_prefix(domain)), anchor_title)
     return (
         F.when(d.isin("item", "ease", "als", "ncf") & anchor_title.isNotNull(), because)
-        .when((d == "cluster") & labels_col.isNotNull(), F.concat(F.lit("Popular in "), labels_col))
-        .when(d.isin(*REASONS), F.create_map(*[F.lit(x) for kv in REASONS.items() for x in kv])[d])
-        .otherwise(F.lit(REASONS["popular"]))
+        .when(
+            (d == "cluster") & labels_col.startswith(FANS_OF),
+            F.concat(F.lit(FANS_PREFIX), F.substring(labels_col, len(FANS_OF) + 1, 1 << 20)),
+        )
+        .when((d == "cluster") & labels_col.isNotNull(), F.concat(F.lit(CLUSTER_PREFIX), labels_col))
+        .when(d.isin(*texts), F.create_map(*[F.lit(x) for kv in texts.items() for x in kv])[d])
+        .otherwise(F.lit(texts["popular"]))
+    )
+
+
+def reason_kind(reasons: Column, domain: DomainConfig | None = None, ellipsis: str = "...") -> Column:
+    """The kind of each reason: the item-anchored and cluster reasons with their title or label cut to
+    ``ellipsis`` (``"Because you watched ..."``, ``"Popular in ..."``), the fixed ones as they are."""
+    because = because_prefix(domain)
+    return (
+        F.when(reasons.startswith(because), F.lit(because + ellipsis))
+        .when(reasons.startswith(CLUSTER_PREFIX), F.lit(CLUSTER_PREFIX + ellipsis))
+        .when(reasons.startswith(FANS_PREFIX), F.lit(FANS_PREFIX + ellipsis))
+        .otherwise(reasons)
     )
 
 
 def decorate(
-    top: DataFrame, users: DataFrame, items: DataFrame, labels: DataFrame, versions: dict[str, str]
+    top: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    labels: DataFrame,
+    versions: dict[str, str],
+    domain: DomainConfig | None = None,
 ) -> DataFrame:
-    """Ids, titles, reasons and model versions on the selected lists."""
+    """Ids, titles, reasons (in ``domain``'s words) and model versions on the selected lists."""
     anchors = items.select(
         F.col(COL_ITEM_IDX).alias(blend.COL_ANCHOR_IDX),
         F.col(COL_ITEM).alias(COL_ANCHOR),
@@ -111,7 +155,7 @@ def decorate(
             COL_ITEM,
             COL_TITLE,
             F.col(COL_SCORE).cast("double").alias(COL_SCORE),
-            reason(F.col(COL_LABEL), F.col("_at")).alias(COL_REASON),
+            reason(F.col(COL_LABEL), F.col("_at"), domain).alias(COL_REASON),
             COL_SOURCES,
             mv.cast("map<string,string>").alias(COL_MODEL_VERSIONS),
         )
@@ -206,10 +250,16 @@ def empty_rows(spark: SparkSession) -> DataFrame:
     return spark.createDataFrame([], schema)
 
 
-def because_you_watched(sims: DataFrame, items: DataFrame, item_source: str, because_k: int) -> DataFrame:
+def because_you_watched(
+    sims: DataFrame,
+    items: DataFrame,
+    item_source: str,
+    because_k: int,
+    domain: DomainConfig | None = None,
+) -> DataFrame:
     """``because_k`` neighbours per item from ``item_source`` (of the run date's ``item_similarities``
     rows ``sims``); items it does not cover (cold ones) take their content neighbours when those were
-    computed."""
+    computed. The reason names the item in ``domain``'s words ("Because you watched X")."""
     sims = sims.where(F.col(COL_RANK) <= because_k)
     main = sims.where(F.col(COL_SOURCE) == item_source)
     fallback = sims.where(F.col(COL_SOURCE) == "content").join(
@@ -230,13 +280,14 @@ def because_you_watched(sims: DataFrame, items: DataFrame, item_source: str, bec
             COL_TITLE,
             COL_SCORE,
             COL_SOURCE,
-            F.concat(F.lit("Because you watched "), F.col("_watched")).alias(COL_REASON),
+            F.concat(F.lit(because_prefix(domain)), F.col("_watched")).alias(COL_REASON),
         )
     )
 
 
-def reason_mix(out: DataFrame) -> dict[str, float]:
-    kind = F.regexp_replace(F.col(COL_REASON), r"^(Because you watched|Popular in) .*$", "$1 ...")
+def reason_mix(out: DataFrame, domain: DomainConfig | None = None) -> dict[str, float]:
+    """Share of the list slots per kind of reason (:func:`reason_kind`), largest first."""
+    kind = reason_kind(F.col(COL_REASON), domain)
     rows = out.groupBy(kind.alias("k")).count().collect()
     total = sum(r["count"] for r in rows) or 1
     return {r["k"]: round(r["count"] / total, 4) for r in sorted(rows, key=lambda r: -r["count"])}

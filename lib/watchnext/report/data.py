@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from watchnext.checks import require_columns
+from watchnext.config import DomainConfig
 from watchnext.constants import (
     COL_CLUSTER,
     COL_ITEM,
@@ -34,6 +35,7 @@ from watchnext.constants import (
     COL_USER,
     COL_VALUE,
 )
+from watchnext.recommend.publish import reason_kind
 
 # Columns of the side-by-side table, in this order, when the evaluation has them.
 TABLE_METRICS = (
@@ -168,9 +170,10 @@ def recent_history(
     return df.sort_values([col_user, "_r"]).drop(columns="_r").reset_index(drop=True)
 
 
-def reason_mix(recs: DataFrame) -> pd.DataFrame:
-    """Share of all published list slots per kind of reason ("Because you watched ...", ...)."""
-    kind = F.regexp_replace(F.col(COL_REASON), r"^(Because you watched|Popular in) .*$", "$1 …")
+def reason_mix(recs: DataFrame, domain: DomainConfig | None = None) -> pd.DataFrame:
+    """Share of all published list slots per kind of reason ("Because you watched …", "Popular in …",
+    "Trending now", ...): the reasons as ``domain``'s words wrote them (publish.reason_kind)."""
+    kind = reason_kind(F.col(COL_REASON), domain, ellipsis="…")
     df: pd.DataFrame = recs.groupBy(kind.alias("reason")).agg(F.count(F.lit(1)).alias("slots")).toPandas()
     df["share"] = df["slots"] / max(int(df["slots"].sum()), 1)
     return df.sort_values(["slots", "reason"], ascending=[False, True]).reset_index(drop=True)

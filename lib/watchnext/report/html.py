@@ -1,7 +1,8 @@
 """The report page: :class:`ReportData` (small pandas frames) -> one self-contained HTML string.
 
 Plots are embedded as base64 PNG data URIs and the CSS is inline, so the page needs nothing but
-itself (no script, no font or image URL); the only URLs are links to the MLflow UI.
+itself (no script, no font or image URL); the only URLs are links to the MLflow UI. Headings, axis
+labels and column names that name the catalogue speak in :attr:`ReportData.domain`'s words.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from watchnext.config import DomainConfig
 from watchnext.report import data as report_data
 from watchnext.report import plots
 
@@ -35,6 +37,7 @@ class ReportData:
     k: int
     protocol: str
     env: str = "local"
+    domain: DomainConfig = dataclasses.field(default_factory=DomainConfig)  # the catalogue's words
     generated: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     metrics: pd.DataFrame | None = None  # report_data.metrics_frame
@@ -98,9 +101,9 @@ def render(data: ReportData) -> str:
         if any(c in at_k.columns for c in BIAS_METRICS):
             ctx["plots"]["bias"] = plots.metric_bars(at_k, BIAS_METRICS, data.k, colors)
     if data.exposure is not None and not data.exposure.empty:
-        ctx["plots"]["exposure"] = plots.popularity_exposure(data.exposure, colors)
+        ctx["plots"]["exposure"] = plots.popularity_exposure(data.exposure, colors, data.domain)
     if data.clusters is not None and not data.clusters.empty:
-        ctx["plots"]["clusters"] = plots.cluster_sizes(data.clusters)
+        ctx["plots"]["clusters"] = plots.cluster_sizes(data.clusters, data.domain)
     if data.runs is not None and not data.runs.empty:
         ctx["plots"]["timings"] = plots.stage_timings(data.runs)
     if data.scale is not None and not data.scale.empty:

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from watchnext.config import DomainConfig
 from watchnext.report.data import CATALOGUE, INTERACTIONS
 
 DPI = 110
@@ -73,9 +74,14 @@ def metric_bars(
     return to_data_uri(fig)
 
 
-def popularity_exposure(exposure: pd.DataFrame, colors: Mapping[str, tuple[float, ...]]) -> str:
+def popularity_exposure(
+    exposure: pd.DataFrame,
+    colors: Mapping[str, tuple[float, ...]],
+    domain: DomainConfig | None = None,
+) -> str:
     """Share of list slots per item-popularity bucket, one bar per model, beside the catalogue and
-    interaction shares (lines)."""
+    interaction shares (lines); labelled in ``domain``'s words ("1 = most-watched items")."""
+    words = domain or DomainConfig()
     fig, (ax,) = _figure(1, width=10.0, height=3.8)
     models = [c for c in exposure.columns if c not in (CATALOGUE, INTERACTIONS)]
     x = np.arange(len(exposure))
@@ -89,22 +95,25 @@ def popularity_exposure(exposure: pd.DataFrame, colors: Mapping[str, tuple[float
             color=colors.get(model),
         )
     ax.plot(x, exposure[INTERACTIONS], color="black", marker="s", label="interactions")
-    ax.plot(x, exposure[CATALOGUE], color="grey", linestyle="--", marker=".", label="catalogue items")
+    ax.plot(
+        x, exposure[CATALOGUE], color="grey", linestyle="--", marker=".", label=f"catalogue {words.items}"
+    )
     n = len(exposure)
     ax.set_xticks(x, [f"{b}\n{'head' if b == 1 else 'tail' if b == n else ''}" for b in exposure.index])
-    ax.set(xlabel="item-popularity bucket (1 = most-watched items)", ylabel="share")
+    most = "most-" + "-".join(words.verb.split())  # "most-watched", "most-listened-to"
+    ax.set(xlabel=f"item-popularity bucket (1 = {most} {words.items})", ylabel="share")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return to_data_uri(fig)
 
 
-def cluster_sizes(clusters: pd.DataFrame) -> str:
-    """Items per genre cluster, labelled."""
+def cluster_sizes(clusters: pd.DataFrame, domain: DomainConfig | None = None) -> str:
+    """Items per genre cluster, labelled (the axis in ``domain``'s plural noun)."""
     df = clusters.iloc[::-1]
     fig, (ax,) = _figure(1, width=9.0, height=0.3 * len(df) + 1.0)
     labels = [f"{cid}: {label}" for cid, label in zip(df["cluster_id"], df["label"], strict=True)]
     ax.barh(labels, df["size"], color="#4c72b0")
-    ax.set(xlabel="items", title="Genre clusters")
+    ax.set(xlabel=(domain or DomainConfig()).items, title="Genre clusters")
     ax.grid(axis="x", alpha=0.3)
     return to_data_uri(fig)
 

@@ -1,9 +1,11 @@
 """ALS stage: tune on the protocol's train split, score offline, refit on everything, publish factors.
 
-1. Split the run date's interactions with the evaluation protocol (identical in every stage).
-2. Tune rank / regParam / alpha / iterations on a validation split carved from train (grid, random or
-   Optuna TPE; each trial a nested MLflow run), refit the best on all of train (and, side by side,
-   on all interactions: the serving model of step 4).
+1. Split the run date's interactions with the evaluation protocol (identical in every stage), and
+   resolve ``als.confidence`` from them (``auto``: binary for ratings and plain events, searched for
+   counts; models/als.py ``resolve_confidence``), logged in one line and as ``confidence.*`` params.
+2. Tune rank / regParam / alpha / iterations (and the confidence scheme, for counts) on a validation
+   split carved from train (grid, random or Optuna TPE; each trial a nested MLflow run), refit the
+   best on all of train (and, side by side, on all interactions: the serving model of step 4).
 3. Write that model's top-K for the test users to ``eval_recommendations`` (model ``als``) and its
    factors to ``eval_factors`` (read by the recommend stage's offline blend); for
    explicit ratings also fit the biased model (mu + b_u + b_i + p_u.q_i) and the bias-only baseline
@@ -42,7 +44,15 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
 )
 from watchnext.evaluation import protocol
-from watchnext.models.als import AlsParams, factor_frames, fit_als, fit_biased_als, predict, top_k_items
+from watchnext.models.als import (
+    AlsParams,
+    factor_frames,
+    fit_als,
+    fit_biased_als,
+    predict,
+    resolve_confidence,
+    top_k_items,
+)
 from watchnext.models.baselines import fit_biases, predict_biases
 from watchnext.models.tuning import tune_from_config
 
@@ -63,9 +73,21 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     run_id = tracking.active_run_id()
     summary: dict[str, Any] = {}
     try:
+        # -- the confidence scheme: configured, or (auto) from the values ingest stored
+        confidence = resolve_confidence(
+            interactions,
+            a.confidence,
+            cfg.ingest.feedback,
+            implicit_prefs=a.implicit_prefs,
+            tuning=a.tuning.enabled,
+            candidates=a.tuning.space.confidence,
+        )
+        log.info("%s", confidence.describe())
+        tracking.log_params(confidence.mlflow_params())
+        summary["confidence"] = confidence.describe()
         # -- tune on train, keep the best refit on all of train for the offline scores
         if a.tuning.enabled:
-            result = tune_from_config(train, a, log_to_mlflow=cfg.mlflow.enabled)
+            result = tune_from_config(train, a, log_to_mlflow=cfg.mlflow.enabled, confidence=confidence)
             params = result.best_params
             summary["tuning"] = {
                 "method": result.method,
@@ -74,7 +96,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             }
             tracking.log_metrics({f"best_validation_{result.metric}": result.best_value})
         else:
-            params = AlsParams.from_config(a)
+            params = AlsParams.from_config(a, confidence=confidence.scheme)
         # the offline model (train) and the serving model (every interaction), side by side: same
         # seeds, same factors as one after the other (each fit is one task per step at this size)
         model, full = map_ordered(

@@ -1,10 +1,18 @@
-"""Clusters stage: content features, genre clusters with readable labels, users' cluster affinity.
+"""Clusters stage: item features, genre clusters with readable labels, users' cluster affinity.
 
 1. Content features of every item of the run date (``features/content.py``): multi-hot genres, TF-IDF
-   tags and title words, release-year bucket, each block L2-normalised and weighted.
-2. Genre clusters (``models/clusters.py``): k-means on those vectors, ``k`` fixed or chosen by
-   silhouette; labels from the clusters' characteristic genres and tags.
-3. Each user's smoothed share of interactions per cluster.
+   tags and title words, release-year bucket, each block L2-normalised and weighted. Written in every
+   mode (the similarities stage reads them for content neighbours).
+2. What to cluster on (``clusters.features``, ``models/cluster_features.py``): ``content`` (those
+   vectors), ``behaviour`` (the L2-normalised ALS item factors the als stage published for the run
+   date; items without factors go to the "no features" cluster), ``hybrid`` (both, concatenated), or
+   ``auto``: behaviour when fewer than ``content.min_coverage`` of the items carry a genre or
+   tag, else content. The measured coverage, the threshold and the decision are logged in one line.
+3. Genre clusters (``models/clusters.py``): k-means on those vectors, ``k`` fixed or chosen by
+   silhouette; labels from the clusters' characteristic genres and tags. When the clusters come from
+   behaviour, or the catalogue is thin (coverage below the threshold), a cluster with no characteristic
+   genre or tag is named by its ``clusters.label_members`` most popular members: ``"Fans of A, B, C"``.
+4. Each user's smoothed share of interactions per cluster.
 
 Tables (each replaces exactly its run date in one Delta commit):
 
@@ -14,9 +22,18 @@ Tables (each replaces exactly its run date in one Delta commit):
 * ``clusters``: cluster_id, label, size, top_genres, top_tags, run_id, run_date;
 * ``user_cluster_affinity``: user_id, user_idx, cluster_id, n_interactions, share, run_id, run_date.
 
-MLflow: the silhouette of every k tried (metric ``silhouette`` with step k), the chosen k, the cluster
-table as ``clusters.txt``, and the fitted content + clustering pipeline as a Spark model registered
-under ``clusters.registered_model`` (it assigns a cluster to a new item from its metadata).
+MLflow: the feature mode used (param ``clusters.features_used``; ``clusters.features`` is the configured
+one) and the coverage (metric ``content_coverage``), the silhouette of every k tried (metric
+``silhouette`` with step k), the chosen k, the cluster table as ``clusters.txt``, and a Spark model
+registered under ``clusters.registered_model`` that assigns a cluster to a new item:
+
+* content: the content + clustering pipeline (from the item's metadata: title, year, genres, tags);
+* behaviour: k-means + the renumbering, from a ``features`` column holding the item's L2-normalised ALS
+  factor vector (``cluster_features.behaviour_features``);
+* hybrid: the same k-means + renumbering, from a ``features`` column holding the hybrid vector
+  (``cluster_features.hybrid_features`` of the content model's output and the item's factors).
+
+The summary holds ``features`` (the mode used) and ``content_coverage``.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import tables, tracking
+from watchnext import catalog, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_CLUSTER,
@@ -53,11 +70,18 @@ from watchnext.constants import (
     TABLE_CLUSTERS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_CLUSTERS,
+    TABLE_ITEM_FACTORS,
     TABLE_ITEM_FEATURES,
     TABLE_ITEMS,
     TABLE_USER_CLUSTER_AFFINITY,
 )
 from watchnext.features.content import fit_content_features
+from watchnext.models.cluster_features import (
+    behaviour_features,
+    choose_features,
+    content_coverage,
+    hybrid_features,
+)
 from watchnext.models.clusters import fit_clusters, label_clusters, user_cluster_affinity
 
 log = logging.getLogger(__name__)
@@ -74,7 +98,21 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     summary: dict[str, Any] = {}
+    cc = cfg.clusters
     try:
+        coverage = content_coverage(items)
+        mode = choose_features(cc.features, coverage, cfg.content.min_coverage)
+        log.info(
+            "clusters: content coverage %.4f (items with a genre or tag), content.min_coverage %g, "
+            "features %s -> %s",
+            coverage, cfg.content.min_coverage, cc.features, mode,
+        )  # fmt: skip
+        summary.update(features=mode, content_coverage=round(coverage, 4))
+        tracking.log_params({"clusters.features_used": mode})
+        tracking.log_metrics({"content_coverage": coverage})
+        # "Fans of ..." labels where genres and tags name nothing: behavioural clusters, thin catalogues.
+        member_labels = mode != "content" or coverage < cfg.content.min_coverage
+
         content = fit_content_features(items, cfg.content)
         summary["feature_blocks"] = {name: size for name, (_, size) in content.blocks.items()}
         tracking.log_params({f"content.block_size.{n}": s for n, s in summary["feature_blocks"].items()})
@@ -86,7 +124,20 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             note,
         )
 
-        result = fit_clusters(features, cfg.clusters, n_init=cfg.clusters.n_init)
+        if mode == "content":
+            clustered_on = features
+        else:
+            factors = catalog.read_input(
+                spark, cfg.table_path(TABLE_ITEM_FACTORS), TABLE_ITEM_FACTORS, run_date,
+                reader="clusters", require_rows=True,
+            ).select(COL_ITEM_IDX, COL_FEATURES)  # fmt: skip
+            behaviour = behaviour_features(items, factors)
+            clustered_on = (
+                behaviour
+                if mode == "behaviour"
+                else hybrid_features(features, behaviour, behaviour_weight=cc.behaviour_weight)
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+        result = fit_clusters(clustered_on, cc, n_init=cc.n_init)
         for k, s in sorted(result.silhouette.items()):
             tracking.log_metrics({"silhouette": s}, step=k)
         tracking.log_metrics(
@@ -101,8 +152,14 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             note,
         )
 
+        interactions = tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
         labels = label_clusters(
-            assignments, items, n_genres=cfg.clusters.label_genres, n_tags=cfg.clusters.label_tags
+            assignments,
+            items,
+            n_genres=cc.label_genres,
+            n_tags=cc.label_tags,
+            interactions=interactions.select(COL_USER, COL_ITEM) if member_labels else None,
+            n_members=cc.label_members,
         )
         tables.overwrite_run_date(
             labels.select(COL_CLUSTER, COL_LABEL, COL_SIZE, COL_TOP_GENRES, COL_TOP_TAGS, *lineage),
@@ -114,11 +171,10 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         tracking.log_text(listing, "clusters.txt")
         log.info("clusters (run_date %s):\n%s", run_date, listing)
 
-        interactions = tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
         affinity = user_cluster_affinity(
             interactions.select(COL_USER, COL_USER_IDX, COL_ITEM),
             assignments,
-            smoothing=cfg.clusters.affinity_smoothing,
+            smoothing=cc.affinity_smoothing,
         )
         tables.overwrite_run_date(
             affinity.select(*affinity.columns, *lineage),
@@ -126,8 +182,11 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             run_date,
             note,
         )
-        summary["model_version"] = _log_model(cfg, PipelineModel(stages=[content.model, result.model]))
+        # content: from an item's metadata; behaviour / hybrid: from its features vector (docstring)
+        model = PipelineModel(stages=[content.model, result.model]) if mode == "content" else result.model
+        summary["model_version"] = _log_model(cfg, model)
         features.unpersist()
+        clustered_on.unpersist()
         assignments.unpersist()
     finally:
         items.unpersist()
@@ -142,7 +201,7 @@ def format_clusters(clusters: DataFrame, limit: int = 200) -> str:
 
 
 def _log_model(cfg: Config, model: PipelineModel) -> str | None:
-    """Log the content + clustering pipeline and register it (it clusters new items from metadata)."""
+    """Log the clustering model and register it (what it takes: the module docstring)."""
     if not cfg.mlflow.enabled:
         return None
     import mlflow

@@ -1,10 +1,11 @@
 """Evaluate stage: every model and baseline scored on the same test split.
 
 Reads the run date's interactions, recomputes the protocol split, builds the baselines (global
-popularity, trending) itself, and takes each model's lists from ``eval_recommendations`` and
-explicit predictions from ``eval_predictions``. Writes ``evaluation`` (run_date, model, metric, k,
-value, run_id), replacing the run date; logs every value to MLflow as ``<model>.<metric>``; moves the
-registry alias ``champion`` to the ALS version when it beats every baseline on the primary metric.
+popularity, and trending where the data has time: ``data_profile.py``) itself, and takes each model's
+lists from ``eval_recommendations`` and explicit predictions from ``eval_predictions``. Writes
+``evaluation`` (run_date, model, metric, k, value, run_id), replacing the run date; logs every value to
+MLflow as ``<model>.<metric>``; moves the registry alias ``champion`` to the ALS version when it beats
+every baseline on the primary metric.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from watchnext import tables, tracking
+from watchnext import data_profile, tables, tracking
 from watchnext.concurrency import map_ordered
 from watchnext.config import Config
 from watchnext.constants import (
@@ -81,10 +82,14 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 
     lists: dict[str, DataFrame] = {
         "popularity": topk_from_item_scores(popularity_scores(train), users, max(ks), seen),
-        "trending": topk_from_item_scores(
-            trending_scores(train, ev.trending_window_days), users, max(ks), seen
-        ),
     }
+    no_trend = data_profile.trending_unusable(data_profile.time_profile(train), ev.trending_window_days)
+    if no_trend:  # a copy of popularity, scored as if it were a baseline of its own
+        log.warning("evaluate: the trending baseline is left out: %s", no_trend)
+    else:
+        lists["trending"] = topk_from_item_scores(
+            trending_scores(train, ev.trending_window_days), users, max(ks), seen
+        )
     lists.update(_stored(spark, cfg.table_path(TABLE_EVAL_RECS), run_date))
     rows: list[tuple[str, str, int | None, float]] = []
     stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
@@ -128,6 +133,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     return {
         f"ndcg_at_{ev.k}": {m: round(v, 4) for m, v in sorted(primary.items(), key=lambda kv: -kv[1])},
         "champion_version": champion,
+        **({"left_out": {"trending": no_trend}} if no_trend else {}),
         "seconds": round(time.perf_counter() - t0, 2),
         "table": "\n" + table,
     }

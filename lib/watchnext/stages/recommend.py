@@ -41,7 +41,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import tables, tracking
+from watchnext import data_profile, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_CLUSTER,
@@ -81,18 +81,23 @@ EASE_MODEL_NAME = "ease"
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rc = cfg.recommend
     run_id = tracking.active_run_id()
     interactions = (
         tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
         .select(COL_USER, COL_ITEM, COL_USER_IDX, COL_ITEM_IDX, "rating", COL_TIMESTAMP)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    cfg, left_out, notes = _what_the_data_feeds(cfg, interactions)
+    rc = cfg.recommend
     item_clusters = read_published(spark, cfg, TABLE_ITEM_CLUSTERS, run_date).select(
         COL_ITEM, COL_ITEM_IDX, COL_CLUSTER
     )
     als_params, versions = registry.model_versions(cfg)
     summary: dict[str, Any] = {"model_versions": versions, "sources": list(rc.sources)}
+    if left_out:
+        summary["left_out"] = left_out
+    if notes:
+        summary["notes"] = notes
     tracking.log_params({"blend.sources": ",".join(rc.sources), "blend.n": rc.n})
     persisted: list[DataFrame] = [interactions]
     sources: list[Sources] = []
@@ -144,7 +149,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             COL_ITEM, COL_ITEM_IDX, COL_TITLE
         )
         labels = read_published(spark, cfg, TABLE_CLUSTERS, run_date).select(COL_CLUSTER, COL_LABEL)
-        out = publish.decorate(top, users, items, labels, versions).select(
+        out = publish.decorate(top, users, items, labels, versions, cfg.domain).select(
             "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
         )
         # Lineage travels in the data commit itself: the rows carry run_id / run_date, the commit's
@@ -163,12 +168,13 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
                 items,
                 rc.item_source,
                 rc.because_k,
+                cfg.domain,
             ),
         }
         for table, df in extra.items():
             tables.overwrite_run_date(df.select("*", *lineage), cfg.table_path(table), run_date, note)
         summary["publish_seconds"] = round(time.perf_counter() - ts, 2)
-        summary["reasons"] = publish.reason_mix(out)
+        summary["reasons"] = publish.reason_mix(out, cfg.domain)
         tracking.log_metrics({f"reason_share.{r}": v for r, v in summary["reasons"].items()})
         tracking.log_text(publish.sample_text(out), "recommendations_sample.txt")
         summary["tables"] = {
@@ -190,6 +196,25 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             df.unpersist()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _what_the_data_feeds(cfg: Config, interactions: DataFrame) -> tuple[Config, dict[str, str], list[str]]:
+    """``cfg`` without the recommend sources the interactions cannot feed (``data_profile.py``), the
+    sources left out with why, and notes on what the data leaves of the others; all logged."""
+    profile = data_profile.time_profile(interactions)
+    window = cfg.evaluation.trending_window_days
+    left_out = data_profile.recommend_left_out(cfg.recommend, profile, window)
+    for source, why in left_out.items():
+        log.warning("recommend: %s left out of the recipe: %s", source, why)
+    tracking.log_params({f"left_out.{s}": why[:500] for s, why in left_out.items()})
+    notes = []
+    if "ease" in cfg.recommend.sources and cfg.recommend.ease.session_weight > 0:
+        note = data_profile.session_note(profile)
+        if note:
+            log.info("recommend: %s", note)
+            notes.append(note)
+    rc = data_profile.recommend_without(cfg.recommend, left_out)
+    return cfg.model_copy(update={"recommend": rc}), left_out, notes
 
 
 def _offline_lists(

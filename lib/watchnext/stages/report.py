@@ -82,7 +82,7 @@ def write_page(page: str, out_dir: str, run_date: dt.date) -> str:
 
 def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportData:
     """Read the run date's tables and MLflow runs into the report's small frames."""
-    ev, missing = cfg.evaluation, {}
+    ev, words, missing = cfg.evaluation, cfg.domain, {}
 
     def read(table: str) -> DataFrame | None:
         path = cfg.table_path(table)
@@ -101,11 +101,11 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
         row = interactions.agg(
             F.count(F.lit(1)).alias("interactions"),
             F.countDistinct(COL_USER).alias("users"),
-            F.countDistinct(COL_ITEM).alias("items watched"),
+            F.countDistinct(COL_ITEM).alias(f"{words.items} {words.verb}"),
         ).head(1)[0]
         out["counts"] = {k: int(v) for k, v in row.asDict().items()}
         if items is not None:
-            out["counts"]["catalogue items"] = items.count()
+            out["counts"][f"catalogue {words.items}"] = items.count()
     if evaluation is not None:
         out["metrics"] = report_data.metrics_frame(evaluation)
     else:
@@ -135,7 +135,7 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
     if published is not None:
         users = report_data.sample_users(published, cfg.report.sample_users, cfg.pipeline.seed)
         out["lists"] = report_data.user_lists(published, users)
-        out["reasons"] = report_data.reason_mix(published)
+        out["reasons"] = report_data.reason_mix(published, words)
         if interactions is not None and items is not None:
             out["history"] = report_data.recent_history(interactions, items, users)
     else:
@@ -144,7 +144,9 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
     if cfg.report.scale_results:
         out.update(_scale(cfg.report.scale_results, missing))
     protocol = f"{ev.split} split, train ratio {ev.ratio}, seed {ev.seed}"
-    return html.ReportData(run_date=run_date, k=ev.k, protocol=protocol, env=cfg.env, missing=missing, **out)
+    return html.ReportData(
+        run_date=run_date, k=ev.k, protocol=protocol, env=cfg.env, domain=words, missing=missing, **out
+    )
 
 
 def _scale(path: str, missing: dict[str, str]) -> dict[str, Any]:

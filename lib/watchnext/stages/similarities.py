@@ -7,7 +7,9 @@ of every item, with the exact blocked engine of ``models/similarity.py``:
 * ``cooccurrence``: items watched by the same users (Jaccard or binary cosine, ``min_cooccurrence``);
 * ``content``: cosine of the content vectors (``item_features``, written by the clusters stage). This
   is the source that reaches cold items: the two interaction-based sources only cover items with at
-  least ``min_item_interactions`` interactions, content covers every item in the catalogue.
+  least ``min_item_interactions`` interactions, content covers every item in the catalogue. When fewer
+  items than ``content.min_coverage`` have a genre or tag, content is left out (``data_profile.py``:
+  titles alone say nothing about an item), and the summary and MLflow say why.
 
 Tables (each replaces exactly its run date in one Delta commit):
 
@@ -34,7 +36,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from watchnext import catalog, tables, tracking
+from watchnext import catalog, data_profile, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_FEATURES,
@@ -68,11 +70,14 @@ from watchnext.models.neighbors import (
 
 log = logging.getLogger(__name__)
 
+OFFLINE_MODELS = ("item_knn", "content_knn", "user_knn")  # the lists _offline_lists may write
+
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     t0 = time.perf_counter()
-    sim = cfg.similarity
     run_id = tracking.active_run_id()
+    cfg, left_out = _what_the_content_feeds(spark, cfg, run_date)
+    sim = cfg.similarity
     interactions = (
         tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
         .select(COL_USER_IDX, COL_ITEM_IDX, "rating", "timestamp")
@@ -81,7 +86,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
         COL_ITEM, COL_ITEM_IDX, COL_TITLE
     )
-    summary: dict[str, Any] = {"sources": {}}
+    summary: dict[str, Any] = {"sources": {}, **({"left_out": left_out} if left_out else {})}
     try:
         warm = warm_items(interactions, sim.min_item_interactions)
         neighbours = []
@@ -128,6 +133,31 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ sources
+def _what_the_content_feeds(
+    spark: SparkSession, cfg: Config, run_date: dt.date
+) -> tuple[Config, dict[str, str]]:
+    """``cfg`` without the ``content`` neighbours when too few items have a genre or tag
+    (``data_profile.py``), and what was left out with why (logged)."""
+    sim = cfg.similarity
+    if "content" not in sim.sources:
+        return cfg, {}
+    items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date)
+    coverage = data_profile.content_coverage(items)
+    why = data_profile.content_unusable(coverage, cfg.content.min_coverage)
+    tracking.log_metrics({"content_coverage": coverage})
+    if why is None:
+        return cfg, {}
+    if cfg.recommend.item_source == "content":
+        raise ValueError(
+            f"recommend.item_source is 'content' but {why}: set recommend.item_source to cooccurrence or als"
+        )
+    log.warning("similarities: content neighbours left out: %s", why)
+    tracking.log_params({"left_out.content": why[:500]})
+    sources = [s for s in sim.sources if s != "content"]
+    thin = cfg.model_copy(update={"similarity": sim.model_copy(update={"sources": sources})})
+    return thin, {"content": why}
+
+
 def _item_source(
     spark: SparkSession, cfg: Config, run_date: dt.date, source: str, interactions: DataFrame, warm: DataFrame
 ) -> DataFrame:
@@ -198,7 +228,13 @@ def _offline_lists(
             written.append("user_knn")
         else:
             log.info("user_source=als: user-kNN is not scored offline (its factors saw the test split)")
+        # Lists an earlier run for the date wrote and this one did not (content since left out, a source
+        # since removed): the evaluate stage would score them as this run's.
+        stale = [m for m in OFFLINE_MODELS if m not in written]
+        cleared = protocol.clear_recommendations(spark, cfg, stale, run_date, run_id)
+        if cleared:
+            log.info("offline lists of %s from an earlier run for %s removed", ", ".join(cleared), run_date)
     finally:
         train.unpersist()
         test.unpersist()
-    return {"eval_models": written}
+    return {"eval_models": written, **({"cleared": cleared} if cleared else {})}

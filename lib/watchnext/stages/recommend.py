@@ -67,6 +67,7 @@ from watchnext.constants import (
     TABLE_USER_INDEX,
 )
 from watchnext.evaluation import protocol
+from watchnext.models.als import resolve_confidence
 from watchnext.models.ease import top_k_ease
 from watchnext.recommend import candidates, publish, registry
 from watchnext.recommend.sources import Sources, fit_sources, published_sources, read_published
@@ -93,6 +94,13 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         COL_ITEM, COL_ITEM_IDX, COL_CLUSTER
     )
     als_params, versions = registry.model_versions(cfg)
+    if "als" not in versions and cfg.als.confidence == "auto":
+        # No registered model to read the als stage's scheme from: the configured parameters, with
+        # auto resolved as the stage resolves it with tuning off (counts: log).
+        decision = resolve_confidence(
+            interactions, "auto", cfg.ingest.feedback, implicit_prefs=cfg.als.implicit_prefs, tuning=False
+        )
+        als_params = als_params.model_copy(update={"confidence": decision.scheme})
     summary: dict[str, Any] = {"model_versions": versions, "sources": list(rc.sources)}
     if left_out:
         summary["left_out"] = left_out

@@ -136,6 +136,9 @@ def test_thin_catalogue_gets_behaviour_clusters_no_trending_and_its_own_words(
     models = {r.model for r in read(TABLE_EVALUATION).select("model").distinct().collect()}
     assert "trending" not in models and {"als", "blend", "popularity"} <= models
     assert read(TABLE_EVAL_RECS).where(F.col("model").isin("trending", "content_knn")).isEmpty()
+    # list diversity over the behaviour clusters, not over genres nobody has (1.0 for every list)
+    ild = {r.model: r.value for r in read(TABLE_EVALUATION).where("metric = 'ild' AND k = 10").collect()}
+    assert set(ild) == models and 0.0 < min(ild.values()) and max(ild.values()) < 0.95, ild
     assert read(TABLE_ITEM_SIMILARITIES).where(F.col("source") == "content").isEmpty()
     lines = left_out_lines(results)
     assert lines[0].startswith("content left out (similarities): 0% of the items have a genre or tag")

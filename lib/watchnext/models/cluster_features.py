@@ -50,6 +50,11 @@ def _terms(col: str, *, drop: str = "") -> Column:
     return F.filter(trimmed, lambda x: x.isNotNull() & (x != "") & (F.lower(x) != drop))
 
 
+def has_content(*, col_genres: str = COL_GENRES, col_tags: str = COL_TAGS) -> Column:
+    """True for an item with at least one genre or tag (:func:`content_coverage`'s rule)."""
+    return (F.size(_terms(col_genres, drop=NO_GENRES.lower())) > 0) | (F.size(_terms(col_tags)) > 0)
+
+
 def content_coverage(items: DataFrame, *, col_genres: str = COL_GENRES, col_tags: str = COL_TAGS) -> float:
     """The share of ``items`` (one row per item) carrying at least one genre or at least one tag.
 
@@ -57,7 +62,7 @@ def content_coverage(items: DataFrame, *, col_genres: str = COL_GENRES, col_tags
     the labels). One aggregation; 0.0 for an empty frame.
     """
     require_columns(items, [col_genres, col_tags], "items")
-    has = (F.size(_terms(col_genres, drop=NO_GENRES.lower())) > 0) | (F.size(_terms(col_tags)) > 0)
+    has = has_content(col_genres=col_genres, col_tags=col_tags)
     row = items.agg(F.count(F.lit(1)).alias("n"), F.sum(has.cast("long")).alias("c")).head()
     assert row is not None
     return float(row["c"] or 0) / row["n"] if row["n"] else 0.0

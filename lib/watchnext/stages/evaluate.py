@@ -23,10 +23,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from watchnext import data_profile, tables, tracking
+from watchnext import catalog, data_profile, tables, tracking
 from watchnext.concurrency import map_ordered
 from watchnext.config import Config
 from watchnext.constants import (
+    COL_CLUSTER,
     COL_GENRES,
     COL_ITEM_IDX,
     COL_K,
@@ -36,12 +37,14 @@ from watchnext.constants import (
     COL_RUN_DATE,
     COL_RUN_ID,
     COL_SCORE,
+    COL_TAGS,
     COL_USER_IDX,
     COL_VALUE,
     TABLE_EVAL_PREDICTIONS,
     TABLE_EVAL_RECS,
     TABLE_EVALUATION,
     TABLE_INTERACTIONS,
+    TABLE_ITEM_CLUSTERS,
     TABLE_ITEMS,
 )
 from watchnext.evaluation import protocol
@@ -49,6 +52,7 @@ from watchnext.evaluation.beyond_accuracy import feature_table
 from watchnext.evaluation.local_metrics import LocalTrainStats, evaluate_all_arrays
 from watchnext.evaluation.metrics import TrainStats, evaluate_all, rmse_mae
 from watchnext.models.baselines import popularity_scores, trending_scores
+from watchnext.models.cluster_features import has_content
 from watchnext.models.topk import topk_from_item_scores
 
 log = logging.getLogger(__name__)
@@ -73,9 +77,22 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     )
     train, test = (df.persist(StorageLevel.MEMORY_AND_DISK) for df in protocol.split(interactions, ev))
     items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
-        COL_ITEM_IDX, COL_GENRES
+        COL_ITEM_IDX, COL_GENRES, COL_TAGS
     )
-    n_items = items.count()
+    row = items.agg(F.count(F.lit(1)).alias("n"), F.sum(has_content().cast("long")).alias("c")).head(1)[0]
+    n_items = int(row["n"])
+    coverage = (row["c"] or 0) / n_items if n_items else 0.0
+    if data_profile.content_unusable(coverage, cfg.content.min_coverage):
+        # Genres on too few items: list diversity over them would be 1 for every list. Over the genre
+        # clusters instead (the clusters stage clustered such a catalogue on behaviour).
+        log.info(
+            "evaluate: ILD over the genre clusters (%.0f%% of the items have a genre or tag)", 100 * coverage
+        )
+        items = catalog.read_input(
+            spark, cfg.table_path(TABLE_ITEM_CLUSTERS), TABLE_ITEM_CLUSTERS, run_date, reader="evaluate"
+        ).select(COL_ITEM_IDX, F.col(COL_CLUSTER).alias(COL_GENRES))
+    else:
+        items = items.select(COL_ITEM_IDX, COL_GENRES)
     ks = sorted({*ev.ks, ev.k})
     seen = train.select(COL_USER_IDX, COL_ITEM_IDX)
     users = test.select(COL_USER_IDX).distinct()

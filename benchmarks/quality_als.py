@@ -84,6 +84,24 @@ def load_ratings(spark: SparkSession, folder: Path) -> DataFrame:
     return spark.createDataFrame(pdf[[COL_USER_IDX, COL_ITEM_IDX, COL_RATING, COL_TIMESTAMP]])
 
 
+def bench_session(app_name: str, master: str) -> SparkSession:
+    """A quiet benchmark session: 4 GiB driver, 4 shuffle partitions, scratch and checkpoints in a
+    fresh temporary folder."""
+    tmp = tempfile.mkdtemp(prefix=f"{app_name}-")
+    return build_session(
+        SparkConfig(
+            app_name=app_name,
+            master=master,
+            log_level="ERROR",
+            driver_memory="4g",
+            shuffle_partitions=4,
+            local_dir=tmp,
+            conf={"spark.ui.showConsoleProgress": "false"},
+        ),
+        checkpoint_dir=f"{tmp}/checkpoints",
+    )
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-latest-small")
@@ -101,19 +119,7 @@ def main(argv: list[str]) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    tmp = tempfile.mkdtemp(prefix="quality-als-")
-    spark = build_session(
-        SparkConfig(
-            app_name="quality-als",
-            master=args.master,
-            log_level="ERROR",
-            driver_memory="4g",
-            shuffle_partitions=4,
-            local_dir=tmp,
-            conf={"spark.ui.showConsoleProgress": "false"},
-        ),
-        checkpoint_dir=f"{tmp}/checkpoints",
-    )
+    spark = bench_session("quality-als", args.master)
     cfg = load_config(env="local", conf_dir=REPO / "conf").als  # conf/base.yaml (+ local.yaml)
     ratings = load_ratings(spark, args.data)
     train, test = stratified_split(ratings, 0.75, 42)

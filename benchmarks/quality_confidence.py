@@ -20,23 +20,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from quality_als import load_ratings
+from quality_als import bench_session, load_ratings
 
-from watchnext.config import Config, SparkConfig, load_config
+from watchnext.config import Config, load_config
 from watchnext.constants import COL_ITEM, COL_ITEM_IDX, COL_RATING, COL_TIMESTAMP, COL_USER, COL_USER_IDX
 from watchnext.evaluation import protocol
 from watchnext.evaluation.metrics import ranking_metrics
 from watchnext.ingest.synthetic import COL_CLUSTER, generate
 from watchnext.models.als import AlsParams, Confidence, fit_als, resolve_confidence, top_k_items
 from watchnext.models.tuning import tune_from_config
-from watchnext.session import build_session
 
 K = 10
 REPO = Path(__file__).resolve().parents[1]
@@ -126,19 +124,7 @@ def main(argv: list[str]) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    tmp = tempfile.mkdtemp(prefix="quality-confidence-")
-    spark = build_session(
-        SparkConfig(
-            app_name="quality-confidence",
-            master=args.master,
-            log_level="ERROR",
-            driver_memory="4g",
-            shuffle_partitions=4,
-            local_dir=tmp,
-            conf={"spark.ui.showConsoleProgress": "false"},
-        ),
-        checkpoint_dir=f"{tmp}/checkpoints",
-    )
+    spark = bench_session("quality-confidence", args.master)
     cfg = load_config(env="local", conf_dir=REPO / "conf")
     counts, own = synthetic_counts(spark, cfg)
     results = {

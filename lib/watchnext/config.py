@@ -429,6 +429,9 @@ class LearnedRankerConfig(_Strict):
     subsample: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     num_workers: int = Field(1, ge=1)  # XGBoost barrier tasks (executor slots) training side by side
+    # Validation pools up to this many rows (already on the driver for the weight search), one worker:
+    # the ranker trains on the driver, the same trees as the Spark task (models/ranker.py). 0: on Spark.
+    local_max_rows: int = Field(5_000_000, ge=0)
     registered_model: str = "watchnext-ranker"
 
 

@@ -45,7 +45,8 @@ from watchnext.evaluation import protocol
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
 from watchnext.models.ranker import feature_names
-from watchnext.recommend import publish
+from watchnext.recommend import publish, registry
+from watchnext.recommend.tune import tune_blend
 from watchnext.serving import RecommendationStore
 from watchnext.stages import ingest
 
@@ -281,7 +282,23 @@ def test_recommend_publishes_exactly_n_unseen_diverse_items(spark: SparkSession,
         assert summary["ranker_version"] is None
     assert {f"blend.weight.{s}" for s in summary["weights"]} <= set(run.data.params)
     assert "best_validation_ndcg_at_10" in run.data.metrics
+
+    # The stage trained the ranker on the driver (the pool is small); on Spark, the path of pools
+    # over recommend.learned.local_max_rows, the same search gives the same ranker and the same recipe.
+    on_spark = cfg.with_overrides("recommend.learned.local_max_rows=0")
+    train, _ = protocol.split(inter.select(*_INTERACTION_COLUMNS), on_spark.evaluation)
+    item_clusters = _read(spark, cfg, TABLE_ITEM_CLUSTERS).select("item_id", "item_idx", "cluster_id")
+    als_params, _ = registry.model_versions(on_spark)
+    tuned = tune_blend(on_spark, train, item_clusters, als_params)
+    assert tuned.recipe == recipe
+    assert {r: round(v, 4) for r, v in tuned.holdout.items()} == held
+    assert {f"ranker.importance.{f}": v for f, v in tuned.importances.items()} == {
+        k: v for k, v in run.data.metrics.items() if k.startswith("ranker.importance.")
+    }
     recs.unpersist()
+
+
+_INTERACTION_COLUMNS = ["user_id", "item_id", "user_idx", "item_idx", "rating", "timestamp"]
 
 
 def _copy_upstream(spark: SparkSession, cfg: Config, to: dt.date) -> None:

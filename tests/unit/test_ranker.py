@@ -20,10 +20,15 @@ from watchnext.models.ranker import (
     COL_LABEL,
     COL_PREDICTION,
     COL_VALIDATION,
+    best_iteration,
     feature_names,
     fit_ranker,
+    fit_ranker_local,
     importances,
+    local_features,
     predict,
+    predict_local,
+    ranker_context,
     ranker_features,
 )
 from watchnext.recommend.tune import pick_recipe
@@ -142,6 +147,49 @@ def test_features_mark_absent_sources_missing_and_blend_linearly(spark: SparkSes
     ]
     schema = ", ".join(f"{c} {'int' if c in ('user_idx', 'item_idx') else 'double'}" for c in cols)
     assertDataFrameEqual(got.select(*cols), spark.createDataFrame(expected, schema), rtol=1e-9)
+
+
+def test_the_ranker_trained_on_the_driver_is_the_spark_ranker(spark: SparkSession) -> None:
+    """The driver path (rows already collected for the weight search) gives the same features, the
+    same trees and the same scores as the Spark estimator; the rows arrive shuffled and span several
+    of the Spark task's batches."""
+    pool, counts = _planted(400, seed=5)
+    weights = {"item": 0.6, "cluster": 0.4}
+    trending = spark.createDataFrame(pd.DataFrame({"item_idx": range(500), "score": np.linspace(0, 1, 500)}))
+    kw = {
+        "trending": trending,
+        "affinity": None,
+        "counts": spark.createDataFrame(counts, "user_idx int, count long"),
+    }
+    df = spark.createDataFrame(pool, POOL)
+    flags = ["cast(relevant as double) as label", f"user_idx % 5 = 0 as {COL_VALIDATION}"]
+    on_spark = ranker_features(df, SOURCES, weights, **kw).selectExpr("*", *flags)
+    rows = (
+        ranker_context(df, SOURCES, **kw).selectExpr("*", *flags).toPandas().sample(frac=1.0, random_state=1)
+    )
+    rows = rows.reset_index(drop=True)
+    x = local_features(rows, SOURCES, weights)
+    cols = feature_names(SOURCES)
+    expected = rows[["user_idx", "item_idx"]].merge(
+        on_spark.select("user_idx", "item_idx", *cols).toPandas(), on=["user_idx", "item_idx"], how="left"
+    )
+    np.testing.assert_array_equal(x[cols].to_numpy(), expected[cols].to_numpy(np.float32))
+
+    params = LearnedRankerConfig(n_estimators=60, early_stopping_rounds=10, min_child_weight=1.0)
+    train = (rows.user_idx < 320).to_numpy()
+    batch = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+    assert train.sum() > batch  # the Spark task gets its rows in more than one batch
+    spark_model = fit_ranker(on_spark.where("user_idx < 320"), SOURCES, params, seed=0)
+    local_model = fit_ranker_local(rows[train], x[train], params, SOURCES, seed=0, batch_rows=batch)
+    assert local_model.get_booster().save_raw("json") == spark_model.get_booster().save_raw("json")
+    assert best_iteration(local_model) == best_iteration(spark_model) < 59  # early-stopped, identically
+
+    held = on_spark.where("user_idx >= 320")
+    pred = predict(spark_model, held, SOURCES).select("user_idx", "item_idx", COL_PREDICTION).toPandas()
+    got = rows.loc[~train, ["user_idx", "item_idx"]].assign(
+        **{COL_PREDICTION: predict_local(local_model, x[~train], SOURCES)}
+    )
+    assertDataFrameEqual(spark.createDataFrame(got), spark.createDataFrame(pred))
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
@@ -28,10 +29,16 @@ from watchnext.models.ranker import (
     COL_LABEL,
     COL_PREDICTION,
     COL_VALIDATION,
+    CONTEXT_FEATURES,
     best_iteration,
     fit_ranker,
+    fit_ranker_local,
     importances,
+    local_features,
     predict,
+    predict_local,
+    proposed,
+    ranker_context,
     ranker_features,
 )
 from watchnext.models.tuning import validation_split
@@ -110,8 +117,15 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
         )
         persisted.append(rows_df)
         feats = [blend.feature(s) for s in rc.sources]
-        rows: pd.DataFrame = rows_df.select(
-            COL_USER_IDX, COL_ITEM_IDX, COL_CLUSTER, "relevant", _HELD, *feats, blend.COL_PRIOR
+        learned = rc.ranker == "learned"
+        collected, context = rows_df, []
+        if learned:  # what the ranker's features need beyond the weights, collected with the rows
+            collected = ranker_context(
+                rows_df, rc.sources, trending=src.trending, affinity=src.affinity, counts=src.user_counts()
+            ).withColumn(COL_VALIDATION, _slice(t.seed, rc.learned.early_stopping_share, salt=1))
+            context = [*map(proposed, rc.sources), *CONTEXT_FEATURES[1:], COL_VALIDATION]
+        rows: pd.DataFrame = collected.select(
+            COL_USER_IDX, COL_ITEM_IDX, COL_CLUSTER, "relevant", _HELD, *feats, blend.COL_PRIOR, *context
         ).toPandas()
         per_user: pd.DataFrame = truth.groupBy(COL_USER_IDX).count().toPandas()
         n_rel = per_user.set_index(COL_USER_IDX)["count"]
@@ -127,7 +141,20 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
         # The ablation (numpy on the driver) runs while the ranker trains on Spark: they share nothing.
         with ThreadPoolExecutor(max_workers=1) as pool:
             ablation = pool.submit(leave_one_out, cfg, data, hold, k, search.single_source)
-            if rc.ranker == "learned":
+            if learned and _fits_driver(cfg, len(rows)):
+                x = local_features(rows, rc.sources, search.weights)
+                fit_rows = rows.loc[~held, [COL_USER_IDX, COL_ITEM_IDX, COL_VALIDATION]].assign(
+                    **{COL_LABEL: rows.loc[~held, "relevant"].to_numpy(np.float64)}
+                )
+                batch = int(
+                    train.sparkSession.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") or 10_000
+                )
+                trained = fit_ranker_local(fit_rows, x[~held], rc.learned, rc.sources, t.seed, batch)
+                held_rows = held_rows.assign(**{COL_PREDICTION: predict_local(trained, x[held], rc.sources)})
+                hold = blend_tuning.TuningData.from_pandas(
+                    held_rows, n_rel, rc.sources, extra=[COL_PREDICTION]
+                )
+            elif learned:
                 ranked = ranker_features(
                     rows_df,
                     rc.sources,
@@ -153,6 +180,21 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
 
 
 _HELD = "held_back"
+
+
+def _fits_driver(cfg: Config, n_rows: int) -> bool:
+    """Whether the ranker trains on the driver (``fit_ranker_local``: the same trees, no Spark job):
+    one worker and at most ``recommend.learned.local_max_rows`` pool rows, already collected for the
+    weight search."""
+    lc = cfg.recommend.learned
+    local = lc.num_workers == 1 and n_rows <= lc.local_max_rows
+    log.info(
+        "learned ranker: %s (%d pool rows, recommend.learned.local_max_rows %d)",
+        "trained on the driver" if local else "trained on Spark",
+        n_rows,
+        lc.local_max_rows,
+    )
+    return local
 
 
 def _slice(seed: int, share: float, salt: int = 0) -> Column:

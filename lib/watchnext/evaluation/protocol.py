@@ -43,18 +43,19 @@ def split(interactions: DataFrame, cfg: EvaluationConfig) -> tuple[DataFrame, Da
     Raises :class:`EmptyTestError` when the split leaves no test interaction: no model could be scored
     (every stage that evaluates would fail later, and less clearly).
     """
+    counts: dict[str, int] = {}  # filled by the split's one aggregation (test rows, dropped), also logged
     if cfg.split == "stratified":
-        train, test = stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+        train, test = stratified_split(interactions, ratio=cfg.ratio, seed=cfg.seed, counts=counts)
     elif cfg.split == "random":
-        train, test = random_split(interactions, ratio=cfg.ratio, seed=cfg.seed)
+        train, test = random_split(interactions, ratio=cfg.ratio, seed=cfg.seed, counts=counts)
     else:
         _require_timestamps(interactions, cfg.split)
         if cfg.split == "leave_last_n":
-            train, test = leave_last_n_split(interactions, n=cfg.leave_last_n)
+            train, test = leave_last_n_split(interactions, n=cfg.leave_last_n, counts=counts)
         else:
             assert cfg.time_cutoff is not None  # checked by the config
-            train, test = time_split(interactions, cfg.time_cutoff)
-    if test.isEmpty():
+            train, test = time_split(interactions, cfg.time_cutoff, counts=counts)
+    if counts["n"] == counts["dropped"]:
         raise EmptyTestError(_empty_test_message(interactions, cfg))
     return train, test
 

@@ -53,8 +53,12 @@ def _warm_test(
     col_item: str,
     split: str,
     drop_repeats: bool = False,
+    counts: dict[str, int] | None = None,
 ) -> DataFrame:
-    """Drop test rows whose user or item is absent from train (and, optionally, pairs seen in train)."""
+    """Drop test rows whose user or item is absent from train (and, optionally, pairs seen in train).
+
+    The counts (``n`` test rows before, ``dropped`` and why) are logged at INFO; ``counts``, when
+    given, receives them (one aggregation serves both)."""
     users = train.select(col_user).distinct().withColumn("_in_u", F.lit(True))
     items = train.select(col_item).distinct().withColumn("_in_i", F.lit(True))
     flagged = test.join(users, col_user, "left").join(items, col_item, "left")
@@ -65,7 +69,7 @@ def _warm_test(
         keep = keep & F.col("_in_p").isNull()
     else:
         flagged = flagged.withColumn("_in_p", F.lit(None).cast("boolean"))
-    if log.isEnabledFor(logging.INFO):
+    if counts is not None or log.isEnabledFor(logging.INFO):
         row = flagged.agg(
             F.count(F.lit(1)).alias("n"),
             F.count(F.when(F.col("_in_u").isNull(), 1)).alias("cold_user"),
@@ -73,6 +77,8 @@ def _warm_test(
             F.count(F.when(F.col("_in_p").isNotNull(), 1)).alias("repeat"),
             F.count(F.when(~keep, 1)).alias("dropped"),
         ).head(1)[0]
+        if counts is not None:
+            counts.update(row.asDict())
         log.info(
             "%s: dropped %d of %d test rows (user not in train: %d, item not in train: %d, "
             "pair already in train: %d)",
@@ -93,6 +99,7 @@ def random_split(
     *,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
+    counts: dict[str, int] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Global random split: a row is in train iff ``u(seed, user, item) < ratio``.
 
@@ -104,7 +111,7 @@ def random_split(
     in_train = _uniform(seed, col_user, col_item) < ratio
     train = df.filter(in_train)
     test = df.filter(~in_train)
-    return train, _warm_test(train, test, col_user, col_item, "random_split")
+    return train, _warm_test(train, test, col_user, col_item, "random_split", counts=counts)
 
 
 def stratified_split(
@@ -115,6 +122,7 @@ def stratified_split(
     *,
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
+    counts: dict[str, int] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Per-user stratified split (the quality-bar protocol: ``ratio=0.75, seed=42``).
 
@@ -136,7 +144,7 @@ def stratified_split(
     ranked = ranked.withColumn("_train", (F.col("_n") < min_ratings) | (F.col("_pos") <= n_train))
     train = ranked.filter("_train").select(*df.columns)
     test = ranked.filter(~F.col("_train")).select(*df.columns)
-    return train, _warm_test(train, test, col_user, col_item, "stratified_split")
+    return train, _warm_test(train, test, col_user, col_item, "stratified_split", counts=counts)
 
 
 def leave_last_n_split(
@@ -146,6 +154,7 @@ def leave_last_n_split(
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_timestamp: str = COL_TIMESTAMP,
+    counts: dict[str, int] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Per user, the ``n`` latest items go to test, the rest to train.
 
@@ -167,7 +176,7 @@ def leave_last_n_split(
     )
     train = ranked.filter(~F.col("_test")).select(*df.columns)
     test = ranked.filter("_test").select(*df.columns)
-    return train, _warm_test(train, test, col_user, col_item, "leave_last_n_split")
+    return train, _warm_test(train, test, col_user, col_item, "leave_last_n_split", counts=counts)
 
 
 def time_split(
@@ -177,6 +186,7 @@ def time_split(
     col_user: str = COL_USER_IDX,
     col_item: str = COL_ITEM_IDX,
     col_timestamp: str = COL_TIMESTAMP,
+    counts: dict[str, int] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Global temporal split: ``timestamp < cutoff`` (or null) to train, ``>= cutoff`` to test.
 
@@ -188,7 +198,7 @@ def time_split(
     in_test = F.coalesce(F.col(col_timestamp) >= timestamp_literal(cutoff, "cutoff"), F.lit(False))
     train = df.filter(~in_test)
     test = df.filter(in_test)
-    return train, _warm_test(train, test, col_user, col_item, "time_split", drop_repeats=True)
+    return train, _warm_test(train, test, col_user, col_item, "time_split", drop_repeats=True, counts=counts)
 
 
 def split_summary(

@@ -181,3 +181,21 @@ def test_because_lists_and_reason_mix_follow_the_verb(spark: SparkSession) -> No
 def test_words_are_checked(key: str, value: str, why: str) -> None:
     with pytest.raises(ValueError, match=f"{key}(.|\n)*{why}"):
         DomainConfig.model_validate({key: value})
+
+
+def test_exactly_n_refuses_a_short_or_repeated_list_and_names_the_user(spark: SparkSession) -> None:
+    users = spark.createDataFrame([("a", 0), ("b", 1), ("c", 2)], "user_id string, user_idx int")
+    full = [(u, i) for u in (0, 1, 2) for i in range(3)]
+    top = spark.createDataFrame(full, "user_idx int, item_idx int")
+    assert publish.check_exactly_n(top, users, 3) == {"users": 3, "items_per_user": 3}
+    short = spark.createDataFrame([r for r in full if r != (1, 2)], "user_idx int, item_idx int")
+    with pytest.raises(RuntimeError, match=r"^1 users would get .* e\.g\. b \(2 items\)"):
+        publish.check_exactly_n(short, users, 3)
+    repeated = spark.createDataFrame(
+        [r if r != (2, 2) else (2, 1) for r in full], "user_idx int, item_idx int"
+    )
+    with pytest.raises(RuntimeError, match=r"^1 users would get .* e\.g\. c \(2 items\)"):
+        publish.check_exactly_n(repeated, users, 3)
+    missing = spark.createDataFrame([r for r in full if r[0] != 0], "user_idx int, item_idx int")
+    with pytest.raises(RuntimeError, match=r"e\.g\. a \(0 items\)"):
+        publish.check_exactly_n(missing, users, 3)

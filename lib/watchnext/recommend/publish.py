@@ -82,10 +82,9 @@ def check_exactly_n(top: DataFrame, users: DataFrame, n: int) -> dict[str, int]:
         .fillna(0, ["_rows", "_items"])
     )
     bad = joined.where((F.col("_rows") != n) | (F.col("_items") != n))
-    row = joined.agg(
-        F.count(F.lit(1)).alias("users"), F.sum((F.col("_rows") == n).cast("int")).alias("ok")
-    ).head(1)[0]
-    if row["users"] != row["ok"] or not bad.isEmpty():
+    exact = (F.col("_rows") == n) & (F.col("_items") == n)
+    row = joined.agg(F.count(F.lit(1)).alias("users"), F.sum(exact.cast("int")).alias("ok")).head(1)[0]
+    if row["users"] != row["ok"]:
         examples = [f"{r[COL_USER]} ({r['_items']} items)" for r in bad.limit(5).collect()]
         raise RuntimeError(
             f"{row['users'] - row['ok']} users would get a list other than {n} distinct unseen items, e.g. "

@@ -180,7 +180,9 @@ def test_the_ranker_trained_on_the_driver_is_the_spark_ranker(spark: SparkSessio
     batch = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
     assert train.sum() > batch  # the Spark task gets its rows in more than one batch
     spark_model = fit_ranker(on_spark.where("user_idx < 320"), SOURCES, params, seed=0)
-    local_model = fit_ranker_local(rows[train], x[train], params, SOURCES, seed=0, batch_rows=batch)
+    local_model = fit_ranker_local(
+        rows[train], x[train], params, SOURCES, seed=0, batch_rows=batch, threads=2
+    )
     assert local_model.get_booster().save_raw("json") == spark_model.get_booster().save_raw("json")
     assert best_iteration(local_model) == best_iteration(spark_model) < 59  # early-stopped, identically
 

@@ -196,6 +196,7 @@ def fit_ranker_local(
     sources: Sequence[str],
     seed: int = 0,
     batch_rows: int = 10_000,
+    threads: int = 1,
 ) -> Any:
     """:func:`fit_ranker` on the driver, for rows already there: the same ``SparkXGBRankerModel``
     (the same trees) without a Spark job, for one worker (``params.num_workers == 1``).
@@ -204,7 +205,8 @@ def fit_ranker_local(
     rows' :func:`local_features`, aligned with ``rows``. What the Spark path's single barrier task
     does is done here, with XGBoost's own helpers: the rows in (user, item) order, cut into batches of
     ``batch_rows`` (``spark.sql.execution.arrow.maxRecordsPerBatch``, the size the task receives
-    them in), the estimator's parameters, its QuantileDMatrix and ``xgboost.train`` on one thread."""
+    them in), the estimator's parameters, its QuantileDMatrix and ``xgboost.train``, on ``threads``
+    threads (the Spark task has one; ``hist`` builds the same trees on any number)."""
     import xgboost
     from xgboost.spark.data import alias, create_dmatrix_from_partitions
     from xgboost.spark.summary import XGBoostTrainingSummary
@@ -223,6 +225,7 @@ def fit_ranker_local(
 
     estimator = _estimator(sources, params, seed)
     booster_params, train_kwargs, dmatrix_kwargs = estimator._get_xgb_parameters(None)
+    booster_params["nthread"] = dmatrix_kwargs["nthread"] = threads
     dtrain, dvalid = create_dmatrix_from_partitions(
         iterator=batches,
         feature_cols=cols,

@@ -3,13 +3,15 @@
 The sources are fitted on the train split minus a validation split; their pooled candidates for a
 sample of validation users go to the driver, where ``models/blend_tuning.py`` searches the linear
 weights (Optuna) by NDCG@K of the capped list, and (``recommend.ranker: learned``) the learned ranker
-(``models/ranker.py``) is trained on Spark over the same pool. Both are fitted on the tuning users
+(``models/ranker.py``) is trained over the same pool: on the driver where it already is (up to
+``recommend.learned.local_max_rows`` rows), else on Spark; the same trees either way. Both are fitted on the tuning users
 only; a held-back slice of the validation users picks the published recipe.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,7 +151,8 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
                 batch = int(
                     train.sparkSession.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") or 10_000
                 )
-                trained = fit_ranker_local(fit_rows, x[~held], rc.learned, rc.sources, t.seed, batch)
+                threads = max(1, min(os.cpu_count() or 1, 4))
+                trained = fit_ranker_local(fit_rows, x[~held], rc.learned, rc.sources, t.seed, batch, threads)
                 held_rows = held_rows.assign(**{COL_PREDICTION: predict_local(trained, x[held], rc.sources)})
                 hold = blend_tuning.TuningData.from_pandas(
                     held_rows, n_rel, rc.sources, extra=[COL_PREDICTION]

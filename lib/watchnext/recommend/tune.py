@@ -4,8 +4,8 @@ The sources are fitted on the train split minus a validation split; their pooled
 sample of validation users go to the driver, where ``models/blend_tuning.py`` searches the linear
 weights (Optuna) by NDCG@K of the capped list, and (``recommend.ranker: learned``) the learned ranker
 (``models/ranker.py``) is trained over the same pool: on the driver where it already is (up to
-``recommend.learned.local_max_rows`` rows), else on Spark; the same trees either way. Both are fitted on the tuning users
-only; a held-back slice of the validation users picks the published recipe.
+``recommend.learned.local_max_rows`` rows), else on Spark; the same trees either way. Both are
+fitted on the tuning users only; a held-back slice of the validation users picks the published recipe.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
         trained = None
         held_rows = rows[held]
         hold = blend_tuning.TuningData.from_pandas(held_rows, n_rel, rc.sources)
-        # The ablation (numpy on the driver) runs while the ranker trains on Spark: they share nothing.
+        # The ablation (numpy, its own thread) runs while the ranker trains: they share nothing.
         with ThreadPoolExecutor(max_workers=1) as pool:
             ablation = pool.submit(leave_one_out, cfg, data, hold, k, search.single_source)
             if learned and _fits_driver(cfg, len(rows)):

@@ -112,6 +112,13 @@ def ranker_features(
     the feature columns of :func:`feature_names` (module docstring); ``linear`` is the blend with
     ``weights``. The other arguments: :func:`ranker_context`."""
     out = ranker_context(scored, sources, trending=trending, affinity=affinity, counts=counts)
+    return weighted_features(out, sources, weights)
+
+
+def weighted_features(context: DataFrame, sources: Sequence[str], weights: Mapping[str, float]) -> DataFrame:
+    """:func:`ranker_features` of a :func:`ranker_context` frame: the weights' ``linear`` blend and the
+    source scores marked missing where the source did not propose the item."""
+    out = context
     linear = F.lit(BACKFILL_EPS) * F.col(COL_PRIOR)
     for s, w in zip(sources, weight_vector(weights, sources), strict=True):
         linear = linear + F.lit(float(w)) * F.col(feature(s))

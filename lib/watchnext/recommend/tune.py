@@ -41,7 +41,7 @@ from watchnext.models.ranker import (
     predict_local,
     proposed,
     ranker_context,
-    ranker_features,
+    weighted_features,
 )
 from watchnext.models.tuning import validation_split
 from watchnext.recommend.candidates import scored_pool
@@ -157,15 +157,8 @@ def tune_blend(cfg: Config, train: DataFrame, item_clusters: DataFrame, params: 
                 hold = blend_tuning.TuningData.from_pandas(
                     held_rows, n_rel, rc.sources, extra=[COL_PREDICTION]
                 )
-            elif learned:
-                ranked = ranker_features(
-                    rows_df,
-                    rc.sources,
-                    search.weights,
-                    trending=src.trending,
-                    affinity=src.affinity,
-                    counts=src.user_counts(),
-                )
+            elif learned:  # the context the rows were collected with, its joins not planned again
+                ranked = weighted_features(collected.drop(COL_VALIDATION), rc.sources, search.weights)
                 trained = _fit_ranker(cfg, ranked.where(~F.col(_HELD)), t.seed)
                 pred = predict(trained, ranked.where(F.col(_HELD)), rc.sources)
                 pred = pred.select(COL_USER_IDX, COL_ITEM_IDX, COL_PREDICTION)

@@ -89,6 +89,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={tmp} -XX:+UseParallelGC",
             # Small Delta commits in tests: skip the per-commit stats collection overhead we don't read.
             "spark.databricks.delta.snapshotPartitions": "2",
+            # The embedded default's code paths (conf/local.yaml): interpreted projections, no whole-stage
+            # code generation; on test-sized frames generating each task's Java costs more than it saves.
+            "spark.sql.codegen.wholeStage": "false",
+            "spark.sql.codegen.factoryMode": "NO_CODEGEN",
             # Memory pages sized for test data. Spark's default (heap x 0.6 / cores / 16, to a power of
             # 2: 64 MiB here) gives every small aggregate, sort and cached block its own 64 MiB page: the
             # heap after GC at the end of an in-process recommend stage was 1.1-1.6 GiB with it and

@@ -23,6 +23,8 @@ from watchnext.constants import (
     TABLE_EVAL_PREDICTIONS,
     TABLE_EVAL_RECS,
     TABLE_EVALUATION,
+    TABLE_EXPERIMENT_ASSIGNMENTS,
+    TABLE_EXPERIMENT_RESULTS,
     TABLE_GENRE_ROWS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_CLUSTERS,
@@ -77,6 +79,8 @@ TABLES: dict[str, Table] = {
         Table(TABLE_EVAL_FACTORS, "als", _BY_MODEL),
         Table(TABLE_EVAL_NEIGHBORS, "similarities", _BY_MODEL),
         Table(TABLE_EVALUATION, "evaluate"),
+        Table(TABLE_EXPERIMENT_ASSIGNMENTS, "recommend", ()),  # only grows: one row per user ever assigned
+        Table(TABLE_EXPERIMENT_RESULTS, "evaluate"),
     )
 }
 

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from watchnext import locations
+from watchnext.experiments.spec import ExperimentConfig, validate_experiments
 
 ENV_VAR = "WATCHNEXT_ENV"
 CONF_DIR_VAR = "WATCHNEXT_CONF_DIR"
@@ -662,6 +663,29 @@ class Config(_Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     domain: DomainConfig = Field(default_factory=DomainConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    # A/B experiments on the recipe (docs/experiments.md); at most one enabled at a time.
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _experiments(self) -> Config:
+        validate_experiments(self.recommend, self.experiments)
+        return self
+
+    @property
+    def experiment(self) -> ExperimentConfig | None:
+        """The enabled experiment, if any."""
+        return next((e for e in self.experiments if e.enabled), None)
+
+    def enable_experiment(self, name: str) -> Config:
+        """A copy with experiment ``name`` enabled (and no other): the Airflow DAG's ``experiment``
+        param and ``--experiment``. ``ConfigError`` naming the known ones if there is none."""
+        names = [e.name for e in self.experiments]
+        if name not in names:
+            raise ConfigError(f"no experiment {name!r} in the config; experiments: {names or 'none'}")
+        data = self.model_dump(mode="json")
+        for e in data["experiments"]:
+            e["enabled"] = e["name"] == name
+        return validate_config(data)
 
     @field_validator("env")
     @classmethod
@@ -825,7 +849,10 @@ def _describe(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing") else ""
+        # A whole-model check (e.g. the experiments against the recipe) names its keys itself: its input
+        # is the whole config.
+        shown = err["type"] not in ("extra_forbidden", "missing") and not isinstance(err["input"], dict)
+        got = f" (got {err['input']!r})" if shown else ""
         lines.append(f"config key '{loc}': {msg}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

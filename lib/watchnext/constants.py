@@ -83,6 +83,12 @@ COL_MODEL_VERSIONS = "model_versions"  # map<string,string>: model name -> regis
 TABLE_GENRE_ROWS = "genre_rows"  # Netflix-style rows: per user, favourite clusters and their items
 TABLE_BECAUSE_YOU_WATCHED = "because_you_watched"  # item -> neighbours with reason text
 TABLE_NCF_SCORES = "ncf_scores"  # NeuMF scores of candidate (user, item) pairs
+
+# A/B experiments (docs/experiments.md)
+TABLE_EXPERIMENT_ASSIGNMENTS = "experiment_assignments"  # experiment, user_id, variant, first_assigned
+TABLE_EXPERIMENT_RESULTS = "experiment_results"  # per run date, variant and metric: lift, CI, p, verdict
+COL_EXPERIMENT = "experiment"  # on recommendations(_latest): the user's experiment (null: none)
+COL_VARIANT = "variant"  # the user's variant in it (null: the base recipe)
 COL_ANCHOR = "anchor_id"  # the watched item behind a "because you watched" reason
 COL_ANCHOR_IDX = "anchor_idx"  # its index in the candidate pool
 COL_ROW = "row"  # position of a genre row on a user's page

@@ -49,9 +49,14 @@ def overwrite(df: DataFrame, path: str, commit_note: str | None = None) -> None:
     log.info("wrote Delta table %s", path)
 
 
-def overwrite_run_date(df: DataFrame, path: str, run_date: dt.date, commit_note: str | None = None) -> None:
-    """Replace exactly the ``run_date`` partition in one commit (creating the table if needed)."""
-    overwrite_partition(df, path, {COL_RUN_DATE: run_date}, commit_note)
+def overwrite_run_date(
+    df: DataFrame, path: str, run_date: dt.date, commit_note: str | None = None, *, add_columns: bool = False
+) -> None:
+    """Replace exactly the ``run_date`` partition in one commit (creating the table if needed).
+
+    ``add_columns``: columns of ``df`` the table lacks are added to its schema in the same commit
+    (a table written before a release that added them); otherwise the schemas must match."""
+    overwrite_partition(df, path, {COL_RUN_DATE: run_date}, commit_note, add_columns=add_columns)
 
 
 def append(df: DataFrame, path: str, commit_note: str | None = None) -> None:
@@ -62,7 +67,12 @@ def append(df: DataFrame, path: str, commit_note: str | None = None) -> None:
 
 
 def overwrite_partition(
-    df: DataFrame, path: str, values: dict[str, object], commit_note: str | None = None
+    df: DataFrame,
+    path: str,
+    values: dict[str, object],
+    commit_note: str | None = None,
+    *,
+    add_columns: bool = False,
 ) -> None:
     """Replace exactly the partition ``values`` (e.g. ``{"run_date": d, "model": "als"}``) in one commit.
 
@@ -73,6 +83,8 @@ def overwrite_partition(
         raise ValueError(f"frame written to {path} is missing partition columns {missing}")
     where = " AND ".join(f"{c} = {_sql_literal(v)}" for c, v in values.items())
     writer = df.write.format("delta").mode("overwrite").partitionBy(*values).option("replaceWhere", where)
+    if add_columns:
+        writer = writer.option("mergeSchema", "true")
     if commit_note:
         writer = writer.option("userMetadata", commit_note)
     writer.save(path)

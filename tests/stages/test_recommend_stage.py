@@ -23,11 +23,12 @@ from pyspark.testing import assertDataFrameEqual
 
 from support.common import RUN_DATE, local_overrides
 from watchnext import pipeline, tables
-from watchnext.config import Config, load_config
+from watchnext.config import Config, load_config, validate_config
 from watchnext.constants import (
     TABLE_BECAUSE_YOU_WATCHED,
     TABLE_CLUSTERS,
     TABLE_EVAL_RECS,
+    TABLE_EXPERIMENT_ASSIGNMENTS,
     TABLE_GENRE_ROWS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_CLUSTERS,
@@ -42,6 +43,7 @@ from watchnext.constants import (
     TABLE_USER_NEIGHBORS,
 )
 from watchnext.evaluation import protocol
+from watchnext.experiments.assignment import assign
 from watchnext.ingest.raw import RawSource
 from watchnext.ingest.synthetic import generate
 from watchnext.models.ranker import feature_names
@@ -394,3 +396,113 @@ def test_missing_input_names_the_stage(spark: SparkSession, cfg: Config) -> None
     ingest.run(spark, cfg, RUN_DATE)
     with pytest.raises(FileNotFoundError, match="run the clusters stage first"):
         pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+
+
+def test_experiment_variants_get_their_recipes_and_assignments_only_grow(
+    spark: SparkSession, built: Config
+) -> None:
+    """An enabled experiment (cap 2 against the base cap of 3): the control and the users outside its
+    traffic get the base recipe's lists, the treatment the lists of a run whose base recipe is the
+    variant's, offline too; experiment_assignments records the users in the traffic and only grows
+    when the traffic is widened, everyone keeping their variant."""
+    base = built.with_overrides("recommend.tuning.enabled=false")
+
+    def run(cfg: Config) -> tuple[DataFrame, DataFrame]:
+        pipeline.run_stage(spark, cfg, RUN_DATE, "recommend")
+        recs = _read(spark, cfg, TABLE_RECOMMENDATIONS).drop("run_id").localCheckpoint()
+        offline = (
+            _read(spark, cfg, TABLE_EVAL_RECS)
+            .where("model = 'blend'")
+            .select("user_idx", "item_idx", "score", "rank")
+            .localCheckpoint()
+        )
+        return recs, offline
+
+    plain, plain_offline = run(base)
+    assert plain.where(F.col("experiment").isNotNull() | F.col("variant").isNotNull()).isEmpty()
+    capped, capped_offline = run(base.with_overrides("recommend.max_per_cluster=2"))
+
+    def experiment(traffic: float) -> Config:
+        data = base.model_dump(mode="json")
+        data["experiments"] = [
+            {
+                "name": "cap",
+                "salt": "test-cap",
+                "enabled": True,
+                "traffic": traffic,
+                "variants": [
+                    {"name": "control", "share": 0.5},
+                    {"name": "cap2", "share": 0.5, "recommend": {"max_per_cluster": 2}},
+                ],
+            }
+        ]
+        return validate_config(data)
+
+    cfg = experiment(0.6)
+    recs, offline = run(cfg)
+    exp = cfg.experiment
+    assert exp is not None
+    users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select("user_id", "user_idx")
+    hashed = assign(users, exp).localCheckpoint()
+    treated = hashed.where("in_traffic AND variant = 'cap2'").select("user_id")
+    in_traffic = hashed.where("in_traffic")
+    n_users, n_treated = users.count(), treated.count()
+    assert 0.2 * n_users < n_treated < 0.4 * n_users  # 0.6 x 0.5 of the users
+
+    # The served columns: the hash variant inside the traffic, nulls outside it.
+    expected_served = hashed.select(
+        "user_id",
+        F.when(F.col("in_traffic"), F.lit("cap")).alias("experiment"),
+        F.when(F.col("in_traffic"), F.col("variant")).alias("variant"),
+    )
+    assertDataFrameEqual(recs.select("user_id", "experiment", "variant").distinct(), expected_served)
+    # Each user's list is the list of the run whose base recipe is their variant's.
+    lists = ["user_id", "rank", "item_id", "score", "reason"]
+    assertDataFrameEqual(
+        recs.join(treated, "user_id", "left_anti").select(*lists),
+        plain.join(treated, "user_id", "left_anti").select(*lists),
+    )
+    assertDataFrameEqual(
+        recs.join(treated, "user_id").select(*lists), capped.join(treated, "user_id").select(*lists)
+    )
+    assert (
+        recs.join(treated, "user_id")
+        .select(*lists)
+        .exceptAll(plain.join(treated, "user_id").select(*lists))
+        .count()
+        > 0
+    )  # the cap binds for some treated user: the recipes differ
+    # Offline too: the test users' lists follow their variant.
+    treated_idx = treated.join(users, "user_id").select("user_idx")
+    assertDataFrameEqual(offline.join(treated_idx, "user_idx"), capped_offline.join(treated_idx, "user_idx"))
+    assertDataFrameEqual(
+        offline.join(treated_idx, "user_idx", "left_anti"),
+        plain_offline.join(treated_idx, "user_idx", "left_anti"),
+    )
+    # experiment_assignments: exactly the users in the traffic, first assigned on this run date.
+    path = cfg.table_path(TABLE_EXPERIMENT_ASSIGNMENTS)
+    first = tables.read(spark, path).localCheckpoint()
+    assertDataFrameEqual(
+        first,
+        in_traffic.select("experiment", "user_id", "variant", F.lit(RUN_DATE).alias("first_assigned")),
+    )
+
+    # A ramp-up (traffic 0.6 -> 1.0), run for a later date: the table only grows, the recorded rows
+    # stay as they were, and everyone keeps their variant.
+    later = RUN_DATE + dt.timedelta(days=1)
+    wider = experiment(1.0)
+    _copy_upstream(spark, wider, later)
+    pipeline.run_stage(spark, wider, later, "recommend")
+    grown = tables.read(spark, path)
+    assertDataFrameEqual(
+        grown.join(first.select("user_id"), "user_id", "left_semi").select(*first.columns), first
+    )
+    added = grown.join(first.select("user_id"), "user_id", "left_anti")
+    assert added.where(F.col("first_assigned") != F.lit(later)).isEmpty()
+    assert added.count() == n_users - in_traffic.count()
+    served_later = _read(spark, wider, TABLE_RECOMMENDATIONS, later).select("user_id", "variant").distinct()
+    assertDataFrameEqual(served_later, hashed.select("user_id", "variant"))
+    # A re-run of the date adds nothing.
+    versions = DeltaTable.forPath(spark, path).history().count()
+    pipeline.run_stage(spark, wider, later, "recommend")
+    assert DeltaTable.forPath(spark, path).history().count() == versions

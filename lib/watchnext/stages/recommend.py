@@ -15,13 +15,19 @@
    ``recommend.n`` unseen items, checked before anything is written. Tables, each one Delta commit:
 
    * ``recommendations``: user_id, user_idx, rank, item_id, title, score, reason, sources,
-     model_versions, run_id, run_date; partitioned by run_date, replaced with ``replaceWhere``;
+     model_versions, experiment, variant, run_id, run_date; partitioned by run_date, replaced with
+     ``replaceWhere``;
    * ``recommendations_latest``: the newest run date's rows sorted by user_id for the serving read
      (``watchnext.serving``); only replaced when the run date is not older than the one it holds;
    * ``genre_rows``: user_id, row, cluster_id, label, rank, item_id, title, score: the user's
      favourite clusters, each with its items ranked by the user's blended score, backfilled by the
      cluster's popular items;
    * ``because_you_watched``: item_id, rank, neighbor_id, title, score, source, reason.
+
+   * ``experiment_assignments`` (with an enabled experiment, ``recommend/variants.py``): experiment,
+     user_id, variant, first_assigned; the users newly inside its traffic are appended before the lists
+     are ranked, each user's list then comes from their variant's recipe (the base recipe outside the
+     traffic), offline too.
 
    Each write is one commit whose ``userMetadata`` is ``{"watchnext.run_date", "watchnext.run_id"}`` (the
    MLflow run); ``recommendations_latest`` also carries them as table properties, set by the same
@@ -35,6 +41,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import reduce
 from typing import Any
 
 from pyspark import StorageLevel
@@ -45,6 +52,7 @@ from watchnext import data_profile, tables, tracking
 from watchnext.config import Config
 from watchnext.constants import (
     COL_CLUSTER,
+    COL_EXPERIMENT,
     COL_ITEM,
     COL_ITEM_IDX,
     COL_LABEL,
@@ -55,8 +63,10 @@ from watchnext.constants import (
     COL_TITLE,
     COL_USER,
     COL_USER_IDX,
+    COL_VARIANT,
     TABLE_BECAUSE_YOU_WATCHED,
     TABLE_CLUSTERS,
+    TABLE_EXPERIMENT_ASSIGNMENTS,
     TABLE_GENRE_ROWS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_CLUSTERS,
@@ -69,7 +79,7 @@ from watchnext.constants import (
 from watchnext.evaluation import protocol
 from watchnext.models.als import resolve_confidence
 from watchnext.models.ease import top_k_ease
-from watchnext.recommend import candidates, publish, registry
+from watchnext.recommend import candidates, publish, registry, variants
 from watchnext.recommend.sources import Sources, fit_sources, published_sources, read_published
 from watchnext.recommend.tune import BlendTuning, tune_blend
 
@@ -134,38 +144,60 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         # 2. the blend on the protocol's train split, scored by the evaluate stage: in a thread beside
         # the publish step (they share only read-only inputs; each one's driver-side work, planning and
         # commits leave the executors idle, which the other fills). MLflow calls stay on this thread.
-        pool = ThreadPoolExecutor(max_workers=1)
-        offline_done = pool.submit(
-            _offline_lists, spark, cfg, train, test, item_clusters, als_params, weights, ranker,
-            tuned_weights=tuned.search.weights if tuned is not None and recipe != "linear" else None,
-            run_date=run_date, run_id=run_id,
-        )  # fmt: skip
-
-        # 3. publish
-        ts = time.perf_counter()
-        published = published_sources(spark, cfg, run_date, interactions, item_clusters)
-        sources.append(published)
-        users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
-        scored = candidates.scored_pool(
-            cfg, published, users.select(COL_USER_IDX), weights, item_clusters, rc.n, ranker
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(scored)
-        top = scored.where(F.col(COL_RANK).isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(top)
-        summary["users"] = publish.check_exactly_n(top, users, rc.n)
-        items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
-            COL_ITEM, COL_ITEM_IDX, COL_TITLE
-        )
-        labels = read_published(spark, cfg, TABLE_CLUSTERS, run_date).select(COL_CLUSTER, COL_LABEL)
-        out = publish.decorate(top, users, items, labels, versions, cfg.domain).select(
-            "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
-        )
         # Lineage travels in the data commit itself: the rows carry run_id / run_date, the commit's
         # userMetadata names the run (no second ALTER TABLE commit a crash could separate from it).
         props = {"watchnext.run_id": run_id, "watchnext.run_date": run_date.isoformat()}
         note = json.dumps(props, sort_keys=True)
+        users = tables.read(spark, cfg.table_path(TABLE_USER_INDEX)).select(COL_USER, COL_USER_IDX)
+        # The experiment's variant of each user (recorded first: experiment_assignments only grows).
+        served = _served(spark, cfg, users, run_date, note, summary).persist(StorageLevel.MEMORY_AND_DISK)
+        persisted.append(served)
+        recipes = variants.recipes(
+            cfg,
+            weights,
+            ranker,
+            tuned_weights=tuned.search.weights if tuned is not None else None,
+            trained=tuned.trained if tuned is not None else None,
+        )
+        pool = ThreadPoolExecutor(max_workers=1)
+        offline_done = pool.submit(
+            _offline_lists, spark, cfg, train, test, item_clusters, als_params, recipes, served,
+            tuned_weights=tuned.search.weights if tuned is not None and recipe != "linear" else None,
+            run_date=run_date, run_id=run_id,
+        )  # fmt: skip
+
+        # 3. publish: each recipe ranks the users it serves
+        ts = time.perf_counter()
+        published = published_sources(spark, cfg, run_date, interactions, item_clusters)
+        sources.append(published)
+        scored_parts, top_parts, counts = [], [], {}
+        for r in recipes:
+            who = variants.users_of(served, r) if len(recipes) > 1 else served
+            part = candidates.scored_pool(
+                r.cfg, published, who.select(COL_USER_IDX), r.weights, item_clusters, r.n, r.ranker
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(part)
+            part_top = part.where(F.col(COL_RANK).isNotNull())
+            counts[",".join(str(v) for v in r.serves)] = publish.check_exactly_n(part_top, who, r.n)["users"]
+            scored_parts.append(part)
+            top_parts.append(part_top)
+        scored = reduce(DataFrame.unionByName, scored_parts)
+        top = reduce(DataFrame.unionByName, top_parts).persist(StorageLevel.MEMORY_AND_DISK)
+        persisted.append(top)
+        summary["users"] = {"users": sum(counts.values()), "items_per_user": rc.n}
+        if len(recipes) > 1:
+            summary["users"]["by_variant"] = counts
+        items = tables.read_run_date(spark, cfg.table_path(TABLE_ITEMS), run_date).select(
+            COL_ITEM, COL_ITEM_IDX, COL_TITLE
+        )
+        labels = read_published(spark, cfg, TABLE_CLUSTERS, run_date).select(COL_CLUSTER, COL_LABEL)
+        out = (
+            publish.decorate(top, users, items, labels, versions, cfg.domain)
+            .join(served.select(COL_USER_IDX, COL_EXPERIMENT, COL_VARIANT), COL_USER_IDX)
+            .select("*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE))
+        )
         path = cfg.table_path(TABLE_RECOMMENDATIONS)
-        tables.overwrite_run_date(out, path, run_date, note)
+        tables.overwrite_run_date(out, path, run_date, note, add_columns=True)
         summary["latest"] = publish.publish_latest(spark, cfg, run_date, props)
 
         lineage = [F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)]
@@ -206,6 +238,30 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     return summary
 
 
+def _served(
+    spark: SparkSession, cfg: Config, users: DataFrame, run_date: dt.date, note: str, summary: dict[str, Any]
+) -> DataFrame:
+    """``users`` with the experiment and variant each is served (nulls without an experiment); the
+    users newly inside the enabled experiment's traffic are appended to ``experiment_assignments`` in
+    one commit first (a re-run of the date adds nothing)."""
+    exp = cfg.experiment
+    if exp is None:
+        return variants.served_users(users, None, None)
+    path = cfg.table_path(TABLE_EXPERIMENT_ASSIGNMENTS)
+    existing = tables.read(spark, path) if tables.exists(spark, path) else None
+    added = variants.assignments_to_add(users, exp, existing, run_date).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_added = added.count()
+        if n_added or existing is None:
+            tables.append(added, path, note)
+    finally:
+        added.unpersist()
+    summary["experiment"] = {"name": exp.name, "assigned_now": n_added}
+    tracking.log_params({"experiment": exp.name, "experiment.salt": exp.salt})
+    log.info("experiment %s: %d users newly assigned", exp.name, n_added)
+    return variants.served_users(users, exp, tables.read(spark, path))
+
+
 def _what_the_data_feeds(cfg: Config, interactions: DataFrame) -> tuple[Config, dict[str, str], list[str]]:
     """``cfg`` without the recommend sources the interactions cannot feed (``data_profile.py``), the
     sources left out with why, and notes on what the data leaves of the others; all logged."""
@@ -232,8 +288,8 @@ def _offline_lists(
     test: DataFrame,
     item_clusters: DataFrame,
     als_params: Any,
-    weights: dict[str, float],
-    ranker: Any | None,
+    recipes: list[variants.Recipe],
+    served: DataFrame,
     *,
     tuned_weights: dict[str, float] | None,
     run_date: dt.date,
@@ -247,7 +303,28 @@ def _offline_lists(
     offline = fit_sources(cfg, train, item_clusters, als_params, stored=(spark, run_date))
     try:
         test_users = test.select(COL_USER_IDX)
-        recs = candidates.top_n(cfg, offline, test_users, item_clusters, weights, k, ranker)
+        if len(recipes) == 1:
+            base = recipes[0]
+            recs = candidates.top_n(
+                base.cfg, offline, test_users, item_clusters, base.weights, k, base.ranker
+            )
+        else:  # each test user's list from the recipe of the variant they are served
+            who = served.join(test_users.distinct(), COL_USER_IDX, "left_semi")
+            recs = reduce(
+                DataFrame.unionByName,
+                [
+                    candidates.top_n(
+                        r.cfg,
+                        offline,
+                        variants.users_of(who, r).select(COL_USER_IDX),
+                        item_clusters,
+                        r.weights,
+                        k,
+                        r.ranker,
+                    )  # fmt: skip
+                    for r in recipes
+                ],
+            )
         protocol.write_recommendations(recs, cfg, MODEL_NAME, run_date, run_id)
         if tuned_weights is not None:  # the linear blend scored beside the recipe
             linear = candidates.top_n(cfg, offline, test_users, item_clusters, tuned_weights, k)

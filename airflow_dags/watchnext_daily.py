@@ -70,8 +70,9 @@ DOC_MD = """
 ### watchnext_daily
 
 Daily at 03:00 UTC, one run per day (`catchup` off, one active run at a time). Every stage is
-`spark-submit jobs/<stage>.py --run-date {{ ds }} --env <env> [--config F] [--conf k=v]`, and
-replaces only its `run_date` partition, so a retry or a re-run of a day is safe.
+`spark-submit jobs/<stage>.py --run-date {{ ds }} --env <env> [--config F] [--conf k=v]
+[--experiment NAME]`, and replaces only its `run_date` partition, so a retry or a re-run of a day is
+safe.
 
 ```
 resolve_config
@@ -93,7 +94,8 @@ resolve_config
   still stops it.
 - **Params**: `env` (`conf/<env>.yaml`), `config_files` (extra YAML layers), `conf` (`key=value`
   overrides), `dataset` (`""`: the config's source; `synthetic`; a MovieLens name such as `ml-25m`;
-  or a MovieLens folder path / URI).
+  or a MovieLens folder path / URI), `experiment` (`""`: the config's own; a name: enable that one of
+  the config's `experiments` for this run, `--experiment NAME` on every stage; docs/experiments.md).
 """
 
 default_args = {
@@ -115,6 +117,19 @@ def dataset_overrides(dataset: str) -> list[str]:
     if "/" in dataset:  # a folder or a URI
         return ["ingest.source=movielens", f"ingest.movielens.path={dataset}", "ingest.movielens.name=null"]
     return ["ingest.source=movielens", f"ingest.movielens.name={dataset}", "ingest.movielens.path=null"]
+
+
+def stage_args(params: dict, ds: str) -> list[str]:
+    """The arguments every stage's ``spark-submit jobs/<stage>.py`` gets (and ``watchnext config``
+    checks first): the run date and the params as command-line options (plain string work)."""
+    args = ["--run-date", ds, "--env", params["env"]]
+    for path in params["config_files"]:
+        args += ["--config", path]
+    for override in [*dataset_overrides(params["dataset"]), *params["conf"]]:
+        args += ["--conf", override]
+    if params.get("experiment", "").strip():
+        args += ["--experiment", params["experiment"].strip()]
+    return args
 
 
 with DAG(
@@ -149,6 +164,12 @@ with DAG(
             type="string",
             description="'' (the config's ingest source), 'synthetic', a MovieLens name or a folder/URI",
         ),
+        "experiment": Param(
+            "",
+            type="string",
+            pattern="^[a-z0-9_-]*$",
+            description="'' (the config as it is) or one of its experiments, enabled for this run",
+        ),
     },
 ) as dag:
 
@@ -159,11 +180,7 @@ with DAG(
         import subprocess
 
         assert params is not None and ds is not None
-        args = ["--run-date", ds, "--env", params["env"]]
-        for path in params["config_files"]:
-            args += ["--config", path]
-        for override in [*dataset_overrides(params["dataset"]), *params["conf"]]:
-            args += ["--conf", override]
+        args = stage_args(params, ds)
         cmd = [PYTHON, "-m", "watchnext.cli", "config", "--get", "ncf.enabled", *args]
         env = {**os.environ, "WATCHNEXT_CONF_DIR": str(HOME / "conf")}
         out = subprocess.run(cmd, cwd=HOME, env=env, capture_output=True, text=True, timeout=240)

@@ -28,6 +28,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", help="config environment: conf/<env>.yaml (default: $WATCHNEXT_ENV or local)")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML config layer")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="enable this experiment of the config's `experiments` (and no other) for this run",
+    )
     p.add_argument("--run-date", type=_date, default=dt.date.today(), help="YYYY-MM-DD (default: today)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -110,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(env=args.env, files=args.config, overrides=args.conf)
+        if args.experiment:
+            cfg = cfg.enable_experiment(args.experiment)
     except ConfigError as exc:
         print(f"watchnext: {exc}", file=sys.stderr)
         return 2
@@ -277,11 +284,13 @@ def serve(cfg: Any, user: str, n: int | None, as_json: bool = False) -> int:
 
 
 def format_recommendations(recs: Any) -> str:
-    """``Top N for user U (run_date D, run R):`` then one line per item: rank, title, score, reason."""
+    """``Top N for user U (run_date D, run R):`` then one line per item: rank, title, score, reason. A
+    user in an A/B experiment: ``(run_date D, run R; experiment E, variant V)``."""
     width = min(max((len(r.display_title) for r in recs.items), default=0), 60)
     run_date = recs.run_date.isoformat() if recs.run_date else "?"
     run = recs.run_id or "?"
-    lines = [f"Top {len(recs.items)} for user {recs.user_id} (run_date {run_date}, run {run}):"]
+    arm = f"; experiment {recs.experiment}, variant {recs.variant or '?'}" if recs.experiment else ""
+    lines = [f"Top {len(recs.items)} for user {recs.user_id} (run_date {run_date}, run {run}{arm}):"]
     for r in recs.items:
         line = f"{r.rank:>2}. {r.display_title:<{width}}  {r.score:.3f}"
         lines.append(f"{line}  {r.reason}" if r.reason else line)

@@ -38,6 +38,7 @@ from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
 
 from watchnext.constants import (
+    COL_EXPERIMENT,
     COL_ITEM,
     COL_MODEL_VERSIONS,
     COL_RANK,
@@ -48,6 +49,7 @@ from watchnext.constants import (
     COL_SOURCES,
     COL_TITLE,
     COL_USER,
+    COL_VARIANT,
     TABLE_RECOMMENDATIONS_LATEST,
 )
 
@@ -59,7 +61,12 @@ PROP_RUN_DATE = "watchnext.run_date"
 PROP_MLFLOW_RUN_ID = ("watchnext.mlflow_run_id", "watchnext.run_id")  # either spelling
 
 _REQUIRED = (COL_USER, COL_RANK, COL_ITEM, COL_SCORE)
-_OPTIONAL = (COL_TITLE, COL_REASON, COL_SOURCES, COL_MODEL_VERSIONS, COL_RUN_ID, COL_RUN_DATE)
+# Read when the table has them: a table written before a column existed (experiment and variant came with
+# the A/B experiments, docs/experiments.md) still serves, those fields None.
+_OPTIONAL = (
+    COL_TITLE, COL_REASON, COL_SOURCES, COL_MODEL_VERSIONS, COL_RUN_ID, COL_RUN_DATE,
+    COL_EXPERIMENT, COL_VARIANT,
+)  # fmt: skip
 
 
 class UnknownUserError(KeyError):
@@ -97,6 +104,10 @@ class UserRecommendations:
     items: list[Recommendation] = field(hash=False)
     table_version: int | None = None  # the Delta version read
     mlflow_run_id: str | None = None  # the table property, when the stage set it
+    # The user's A/B experiment and the variant whose list this is; None outside any experiment (or in a
+    # table written before experiments existed).
+    experiment: str | None = None
+    variant: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -271,6 +282,8 @@ class RecommendationStore:
             items=items,
             table_version=version,
             mlflow_run_id=next((properties[k] for k in PROP_MLFLOW_RUN_ID if properties.get(k)), None),
+            experiment=col(COL_EXPERIMENT)[0],
+            variant=col(COL_VARIANT)[0],
         )
 
 

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from support.common import E2E_TIMEOUT, ROOT, RUN_DATE, local_overrides
-from support.whole_run import DAG_ID, RELATIVE_LOCATIONS, WholeRun, airflow
+from support.whole_run import AIRFLOW_PYTHON, DAG_ID, RELATIVE_LOCATIONS, WholeRun, airflow
 from watchnext import catalog, tables
 from watchnext.cli import delta_tables
 from watchnext.constants import (
@@ -103,7 +103,7 @@ def test_dagbag_loads_and_the_graph_is_the_documented_one(tmp_path: Path) -> Non
     assert dag["schedule"] == "0 3 * * *" and dag["timetable"] == "CronTriggerTimetable"
     assert dag["catchup"] is False and dag["max_active_runs"] == 1 and dag["has_doc_md"]
     assert {"watchnext", "spark"} <= set(dag["tags"])
-    assert dag["params"] == {"env": "local", "config_files": [], "conf": [], "dataset": ""}
+    assert dag["params"] == {"env": "local", "config_files": [], "conf": [], "dataset": "", "experiment": ""}
     for stage in SPARK_STAGES:
         spec = tasks[stage]
         assert spec["operator"] == "SparkSubmitOperator"
@@ -118,6 +118,67 @@ def test_dagbag_loads_and_the_graph_is_the_documented_one(tmp_path: Path) -> Non
     start = section.index("```")
     drawn = set(re.findall(r"[a-z_]+", section[start : section.index("```", start + 3)]))
     assert set(tasks) <= drawn, f"README's graph misses {set(tasks) - drawn}"
+
+
+# Run in the Airflow environment: the DAG file's stage arguments for some params, and each Spark task's
+# spark-submit command line as its hook builds it once resolve_config's XCom ("args") is in place.
+RENDER_COMMANDS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import watchnext_daily as d
+
+out = []
+for params in json.loads(sys.argv[2]):
+    args = d.stage_args(params, "2024-06-01")
+    commands = {}
+    for name in d.STAGE_TIMEOUTS:
+        task = d.dag.get_task(name)
+        task.application_args = args  # what resolve_config's XCom renders to
+        commands[name] = task._get_hook()._build_spark_submit_command(task.application)
+    out.append({"args": args, "commands": commands})
+print(json.dumps(out))
+"""
+
+
+def test_experiment_param_reaches_every_stage_command(tmp_path: Path) -> None:
+    """The ``experiment`` param becomes ``--experiment NAME`` on every stage's spark-submit command (no DAG
+    run), and those arguments resolve in the job environment as resolve_config checks them."""
+    base = {"env": "local", "config_files": ["conf/examples/experiment-cap.yaml"], "conf": [], "dataset": ""}
+    params = [{**base, "experiment": "diversity-cap"}, {**base, "experiment": ""}]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "VIRTUAL_ENV", "PYTHONPATH"))},
+        "AIRFLOW_HOME": str(tmp_path / "airflow_home"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "WATCHNEXT_HOME": str(ROOT),
+    }
+    out = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", RENDER_COMMANDS, str(ROOT / "airflow_dags"), json.dumps(params)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    enabled, plain = json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert enabled["args"][-2:] == ["--experiment", "diversity-cap"]
+    assert "--experiment" not in plain["args"]
+    assert sorted(enabled["commands"]) == sorted(SPARK_STAGES)
+    for stage, cmd in enabled["commands"].items():
+        job = cmd.index(str(ROOT / "jobs" / f"{stage}.py"))
+        assert cmd[job + 1 :] == enabled["args"], stage  # the job's arguments, the experiment's included
+        assert cmd[0].endswith("spark-submit")
+
+    # the jobs' argument parsing (watchnext.cli, which jobs/<stage>.py call) enables it
+    from watchnext.cli import build_parser
+
+    parsed = build_parser().parse_args(["evaluate", *enabled["args"]])
+    assert parsed.experiment == "diversity-cap"
+    # resolve_config's check, with the same arguments, in the job environment
+    check = subprocess.run(
+        [sys.executable, "-m", "watchnext.cli", "config", "--get", "experiments", *enabled["args"]],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert [(e["name"], e["enabled"]) for e in json.loads(check.stdout)] == [("diversity-cap", True)]
 
 
 def test_branch_follows_the_resolved_config_and_bad_config_fails_first(tmp_path: Path) -> None:

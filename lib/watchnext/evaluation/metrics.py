@@ -144,6 +144,28 @@ def _cutoffs(k: int | Sequence[int]) -> list[int]:
     return ks
 
 
+def ranking_metrics_per_user(
+    recs: DataFrame,
+    truth: DataFrame,
+    k: int | Sequence[int],
+    *,
+    relevance_threshold: float | None = None,
+    col_user: str = COL_USER_IDX,
+    col_item: str = COL_ITEM_IDX,
+    col_rank: str = COL_RANK,
+    col_score: str = COL_SCORE,
+    col_rating: str = COL_RATING,
+) -> DataFrame:
+    """The per-user values that :func:`ranking_metrics` averages: one row per user of ``truth`` with a
+    relevant item, ``col_user`` and one double column per metric and cut-off, named as
+    :func:`ranking_metrics` names them (``ndcg_at_10``, ...). A user without recommendations scores 0.
+    Their (exact) mean over the rows is :func:`ranking_metrics`; the A/B analysis compares them between
+    groups of users (``evaluation/experiments.py``)."""
+    ks = _cutoffs(k)
+    top = top_k(recs, ks[-1], col_user=col_user, col_item=col_item, col_rank=col_rank, col_score=col_score)
+    return _per_user_from_top(top, truth, ks, relevance_threshold, col_user, col_item, col_rank, col_rating)
+
+
 def _ranking_from_top(
     top: DataFrame,
     truth: DataFrame,
@@ -155,6 +177,30 @@ def _ranking_from_top(
     col_rating: str,
 ) -> dict[str, float]:
     """:func:`ranking_metrics` on lists already cut by :func:`top_k` at ``ks[-1]`` (sorted ``ks``)."""
+    per_user = _per_user_from_top(
+        top, truth, ks, relevance_threshold, col_user, col_item, col_rank, col_rating
+    )
+    names = [c for c in per_user.columns if c != col_user]
+    row = per_user.agg(
+        F.count(F.lit(1)).alias("_users"), *[exact_mean(name).alias(name) for name in names]
+    ).head(1)[0]
+    if not row["_users"]:
+        raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
+    log.info("ranking metrics at %s over %d users", ks, row["_users"])
+    return {name: float(row[name]) for name in names}
+
+
+def _per_user_from_top(
+    top: DataFrame,
+    truth: DataFrame,
+    ks: list[int],
+    relevance_threshold: float | None,
+    col_user: str,
+    col_item: str,
+    col_rank: str,
+    col_rating: str,
+) -> DataFrame:
+    """:func:`ranking_metrics_per_user` on lists already cut by :func:`top_k` at ``ks[-1]``."""
     rel = _relevant(truth, col_user, col_item, col_rating, relevance_threshold)
 
     n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
@@ -192,13 +238,7 @@ def _ranking_from_top(
             f"mrr_at_{kk}": F.when(F.col("_first") <= kk, 1.0 / F.col("_first")).otherwise(0.0),
             f"hit_rate_at_{kk}": (hits_k > 0).cast("double"),
         }
-    row = per_user.agg(
-        F.count(F.lit(1)).alias("_users"), *[exact_mean(expr).alias(name) for name, expr in names.items()]
-    ).head(1)[0]
-    if not row["_users"]:
-        raise ValueError("truth has no user with a relevant item; ranking metrics are undefined")
-    log.info("ranking metrics at %s over %d users", ks, row["_users"])
-    return {name: float(row[name]) for name in names}
+    return per_user.select(col_user, *[expr.cast("double").alias(name) for name, expr in names.items()])
 
 
 def rmse_mae(

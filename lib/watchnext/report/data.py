@@ -35,6 +35,7 @@ from watchnext.constants import (
     COL_USER,
     COL_VALUE,
 )
+from watchnext.experiments.analysis import NOT_PRIMARY
 from watchnext.recommend.publish import reason_kind
 
 # Columns of the side-by-side table, in this order, when the evaluation has them.
@@ -213,3 +214,24 @@ def scale_totals(scale: pd.DataFrame) -> pd.DataFrame:
     return g.agg(
         stages=("stage", "count"), wall_s=("wall_s", "sum"), peak_total_gib=("peak_total_gib", "max")
     ).reset_index()
+
+
+# experiment_results columns the report shows (the table's own, less the lineage).
+EXPERIMENT_COLUMNS = [
+    "experiment", "variant", "control", "metric", "k", "n_control", "n_variant", "control_value",
+    "variant_value", "diff", "diff_low", "diff_high", "lift", "lift_low", "lift_high", "p_value",
+    "significant", "srm_chi2", "srm_p", "srm_ok", "verdict", "control_share", "variant_share",
+]  # fmt: skip
+
+
+def experiment_results(results: DataFrame) -> pd.DataFrame:
+    """The run date's ``experiment_results`` rows (the evaluate stage's analysis of the enabled
+    experiment: one row per treatment variant and metric) as pandas, ordered by experiment, variant and
+    metric, the primary metric (the row with a verdict) first."""
+    require_columns(results, EXPERIMENT_COLUMNS, "experiment_results")
+    df: pd.DataFrame = results.select(*EXPERIMENT_COLUMNS).toPandas()
+    order = {m: i for i, m in enumerate(TABLE_METRICS)}
+    df["_primary"] = df["verdict"] == NOT_PRIMARY  # False (first) for the decided metric
+    df["_order"] = df["metric"].map(order).fillna(len(order))
+    df = df.sort_values(["experiment", "variant", "_primary", "_order", "metric"], kind="stable")
+    return df.drop(columns=["_primary", "_order"]).reset_index(drop=True)

@@ -15,6 +15,7 @@ import jinja2
 import pandas as pd
 
 from watchnext.config import DomainConfig
+from watchnext.experiments.analysis import NOT_PRIMARY
 from watchnext.report import data as report_data
 from watchnext.report import plots
 
@@ -50,6 +51,7 @@ class ReportData:
     runs: pd.DataFrame | None = None  # runs.stage_runs
     scale: pd.DataFrame | None = None  # report_data.scale_frame (only when report.scale_results is set)
     scale_source: str = ""  # the scale results file it was read from
+    experiments: pd.DataFrame | None = None  # report_data.experiment_results (only when it has rows)
     mlflow: dict[str, str] = dataclasses.field(default_factory=dict)  # tracking_uri, ui, run_id, ...
     missing: dict[str, str] = dataclasses.field(default_factory=dict)  # section -> why it is empty
 
@@ -80,6 +82,83 @@ def metrics_rows(at_k: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+def pct(value: Any, digits: int = 1) -> str:
+    """A relative lift as the page shows it: ``+3.1%``; empty for NaN."""
+    if value is None or value != value:
+        return ""
+    return f"{100 * value:+.{digits}f}%"
+
+
+def _label(metric: str) -> str:
+    return plots.METRIC_LABELS.get(metric, metric)
+
+
+def experiment_sections(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per experiment of ``report_data.experiment_results``: its verdicts (one per treatment, on the
+    primary metric), the comparison rows per treatment, the sample-ratio check (users per variant,
+    observed and configured share, the expected users, chi-square and p) and the lift plot."""
+    out = []
+    for name, exp in results.groupby("experiment", sort=True):
+        primary = exp[exp["verdict"] != NOT_PRIMARY]
+        first = exp.iloc[0]
+        # users per variant: the control's once, each treatment's (on the primary metric's rows)
+        basis = primary if not primary.empty else exp.drop_duplicates("variant")
+        counts = {str(first["control"]): (int(first["n_control"]), float(first["control_share"]))}
+        for r in basis.itertuples(index=False):
+            counts[str(r.variant)] = (int(r.n_variant), float(r.variant_share))
+        total = sum(n for n, _ in counts.values())
+        out.append(
+            {
+                "name": str(name),
+                "k": int(first["k"]),
+                "control": str(first["control"]),
+                "verdicts": [
+                    {"variant": r.variant, "metric": _label(r.metric), "verdict": r.verdict}
+                    for r in primary.itertuples(index=False)
+                ],
+                "rows": [
+                    {
+                        "variant": r.variant,
+                        "metric": r.metric,
+                        "label": _label(r.metric),
+                        "n": f"{int(r.n_control):,} / {int(r.n_variant):,}",
+                        "control": fmt(r.control_value),
+                        "value": fmt(r.variant_value),
+                        "diff": fmt(r.diff),
+                        "diff_ci": f"[{fmt(r.diff_low)}, {fmt(r.diff_high)}]"
+                        if r.diff_low == r.diff_low
+                        else "",
+                        "lift": pct(r.lift),
+                        "lift_ci": f"[{pct(r.lift_low)}, {pct(r.lift_high)}]"
+                        if r.lift_low == r.lift_low
+                        else "",
+                        "p": "" if r.p_value != r.p_value else f"{r.p_value:.3g}",
+                        "significant": "" if not r.significant else "sig-up" if r.diff > 0 else "sig-down",
+                        "primary": r.verdict != NOT_PRIMARY,
+                    }
+                    for r in exp.itertuples(index=False)
+                ],
+                "srm": {
+                    "rows": [
+                        {
+                            "variant": v,
+                            "users": f"{n:,}",
+                            "observed": fmt(n / total if total else float("nan"), 3),
+                            "configured": fmt(share, 3),
+                            "expected": f"{total * share:,.1f}",
+                        }
+                        for v, (n, share) in counts.items()
+                    ],
+                    "chi2": fmt(float(first["srm_chi2"]), 3),
+                    "p": "" if first["srm_p"] != first["srm_p"] else f"{float(first['srm_p']):.3g}",
+                    "ok": bool(first["srm_ok"]),
+                },
+                "plot": plots.experiment_lifts(exp),
+            }
+        )
+    return out
+
+
 def render(data: ReportData) -> str:
     """The whole page."""
     ctx: dict[str, Any] = {"d": data, "fmt": fmt, "headers": HEADERS, "plots": {}}
@@ -106,6 +185,8 @@ def render(data: ReportData) -> str:
         ctx["plots"]["clusters"] = plots.cluster_sizes(data.clusters, data.domain)
     if data.runs is not None and not data.runs.empty:
         ctx["plots"]["timings"] = plots.stage_timings(data.runs)
+    if data.experiments is not None and not data.experiments.empty:
+        ctx["experiments"] = experiment_sections(data.experiments)
     if data.scale is not None and not data.scale.empty:
         ctx["plots"]["scale"] = plots.scale(data.scale)
         ctx["scale_totals"] = report_data.scale_totals(data.scale).to_dict("records")

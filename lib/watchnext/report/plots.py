@@ -23,6 +23,9 @@ METRIC_LABELS = {
     "long_tail_share": "Long-tail share",
     "exposure_gini": "Exposure Gini",
     "novelty": "Novelty (bits)",
+    "map": "MAP",
+    "mrr": "MRR",
+    "hit_rate": "Hit rate",
 }
 
 
@@ -155,3 +158,48 @@ def scale_figure(scale: pd.DataFrame) -> Figure:
 
 def scale(scale: pd.DataFrame) -> str:
     return to_data_uri(scale_figure(scale))
+
+
+SIGNIFICANT_UP, SIGNIFICANT_DOWN, NOT_SIGNIFICANT = "#55a868", "#c44e52", "#8c8c8c"
+
+
+def experiment_lifts(results: pd.DataFrame) -> str:
+    """One panel per treatment variant of one experiment: the relative lift of each metric over the
+    control (percent) as a bar with its bootstrap confidence interval, green or red where the
+    difference is significant (up or down), grey where it is not; a metric without a lift (a control
+    mean of 0) has no bar. ``results``: ``report_data.experiment_results`` rows of one experiment."""
+    variants = list(dict.fromkeys(results["variant"]))
+    n_metrics = results.groupby("variant")["metric"].count().max()
+    fig, axes = _figure(len(variants), width=4.6, height=0.4 * n_metrics + 1.3)
+    for ax, variant in zip(axes, variants, strict=True):
+        rows = results[results["variant"] == variant].iloc[::-1]  # the primary metric on top
+        y = np.arange(len(rows))
+        lift = rows["lift"].to_numpy(float) * 100
+        low = rows["lift_low"].to_numpy(float) * 100
+        high = rows["lift_high"].to_numpy(float) * 100
+        colors = [
+            (SIGNIFICANT_UP if d > 0 else SIGNIFICANT_DOWN) if sig else NOT_SIGNIFICANT
+            for sig, d in zip(rows["significant"], rows["diff"], strict=True)
+        ]
+        has = np.isfinite(lift)
+        ax.barh(y[has], lift[has], color=[c for c, h in zip(colors, has, strict=True) if h], height=0.6)
+        ci = has & np.isfinite(low) & np.isfinite(high)
+        err = np.vstack([lift[ci] - low[ci], high[ci] - lift[ci]])
+        ax.errorbar(lift[ci], y[ci], xerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=3, lw=1)
+        for yy in y[~has]:  # x in axes coordinates: the text stays inside the panel
+            ax.text(
+                0.02, yy, "no lift (control mean 0)", transform=ax.get_yaxis_transform(), va="center",
+                fontsize="small", color="grey",
+            )  # fmt: skip
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_ylim(-0.5, len(rows) - 0.5)
+        # 0 always inside, with room on both sides (bars pin their base, so margins alone would not)
+        ends = np.concatenate([[0.0], lift[has], low[ci], high[ci]])
+        lo, hi = float(ends.min()), float(ends.max())
+        pad = 0.08 * (hi - lo) or 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+        labels = [METRIC_LABELS.get(m, m) for m in rows["metric"]]
+        ax.set_yticks(y, labels)
+        ax.set(xlabel=f"lift over {rows['control'].iloc[0]} (%)", title=f"{variant}")
+        ax.grid(axis="x", alpha=0.3)
+    return to_data_uri(fig)

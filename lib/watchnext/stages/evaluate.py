@@ -6,6 +6,14 @@ lists from ``eval_recommendations`` and explicit predictions from ``eval_predict
 ``evaluation`` (run_date, model, metric, k, value, run_id), replacing the run date; logs every value to
 MLflow as ``<model>.<metric>``; moves the registry alias ``champion`` to the ALS version when it beats
 every baseline on the primary metric.
+
+With an experiment enabled (``cfg.experiment``), it then compares the experiment's variants on the
+test users (``evaluation/experiments.py``): each test user's served variant from
+``experiment_assignments``, the per-user metrics of the published recipe's lists (``blend``), the
+analysis of ``experiments/analysis.py``; writes ``experiment_results`` (replacing the run date), logs
+``experiment.<variant>.<metric>.lift`` etc. to MLflow and the verdict to the log and the summary.
+Without one, it clears an ``experiment_results`` partition of the run date that an earlier run with
+an experiment left, so no stale verdict passes for this run's. docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -43,14 +51,18 @@ from watchnext.constants import (
     TABLE_EVAL_PREDICTIONS,
     TABLE_EVAL_RECS,
     TABLE_EVALUATION,
+    TABLE_EXPERIMENT_ASSIGNMENTS,
+    TABLE_EXPERIMENT_RESULTS,
     TABLE_INTERACTIONS,
     TABLE_ITEM_CLUSTERS,
     TABLE_ITEMS,
+    TABLE_USER_INDEX,
 )
-from watchnext.evaluation import protocol
+from watchnext.evaluation import experiments, protocol
 from watchnext.evaluation.beyond_accuracy import feature_table
 from watchnext.evaluation.local_metrics import LocalTrainStats, evaluate_all_arrays
 from watchnext.evaluation.metrics import TrainStats, evaluate_all, rmse_mae
+from watchnext.experiments.spec import ExperimentConfig
 from watchnext.models.baselines import popularity_scores, trending_scores
 from watchnext.models.cluster_features import has_content
 from watchnext.models.topk import topk_from_item_scores
@@ -72,6 +84,14 @@ _AT_K = re.compile(r"^(?P<metric>.+)_at_(?P<k>\d+)$")
 def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     t0 = time.perf_counter()
     ev = cfg.evaluation
+    exp = cfg.experiment
+    results_path = cfg.table_path(TABLE_EXPERIMENT_RESULTS)
+    if exp is not None:  # before any Spark job: an experiment that cannot be analysed fails now
+        experiments.check_metric(exp)
+        assignments, user_index = _experiment_inputs(spark, cfg, exp, run_date)
+    elif _clear_experiment_results(spark, results_path, run_date, tracking.active_run_id()):
+        # first: whatever happens next, no verdict of an earlier run passes for this one's
+        log.info("evaluate: no experiment enabled; cleared the experiment results of %s", run_date)
     interactions = protocol.protocol_frame(
         tables.read_run_date(spark, cfg.table_path(TABLE_INTERACTIONS), run_date)
     )
@@ -109,6 +129,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         )
     lists.update(_stored(spark, cfg.table_path(TABLE_EVAL_RECS), run_date))
     rows: list[tuple[str, str, int | None, float]] = []
+    results: pd.DataFrame | None = None
     stats = TrainStats.of(train)  # the train aggregates every model's novelty and bias read
     try:
         n_users = users.count()
@@ -129,6 +150,10 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             rows += [(model, *_split_name(name), v) for name, v in values.items()]
         for model, preds in _stored(spark, cfg.table_path(TABLE_EVAL_PREDICTIONS), run_date).items():
             rows += [(model, name, None, v) for name, v in rmse_mae(preds, test).items()]
+        if exp is not None:
+            served = experiments.served_test_users(test, user_index, assignments, exp)
+            per_user = experiments.per_user_metrics(lists[experiments.PUBLISHED_MODEL], test, served, ev.k)
+            results = experiments.analyse_experiment(per_user, exp, seed=cfg.pipeline.seed)
     finally:
         stats.release()
         train.unpersist()
@@ -147,13 +172,91 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     log.info("evaluation (run_date %s, K=%d):\n%s", run_date, ev.k, table)
     primary = {m: v for m, name, k, v in rows if name == "ndcg" and k == ev.k}
     champion = _promote(cfg, primary)
+    summary = {}
+    if exp is not None and results is not None:
+        summary = _write_experiment(spark, results, exp, results_path, ev.k, run_date, run_id)
     return {
         f"ndcg_at_{ev.k}": {m: round(v, 4) for m, v in sorted(primary.items(), key=lambda kv: -kv[1])},
         "champion_version": champion,
         **({"left_out": {"trending": no_trend}} if no_trend else {}),
+        **summary,
         "seconds": round(time.perf_counter() - t0, 2),
         "table": "\n" + table,
     }
+
+
+def _experiment_inputs(
+    spark: SparkSession, cfg: Config, exp: ExperimentConfig, run_date: dt.date
+) -> tuple[DataFrame, DataFrame]:
+    """``experiment_assignments`` and ``user_index`` (neither is per run date), after checking that the
+    published recipe's lists of ``run_date`` exist; ``MissingInputError`` naming the stage to run."""
+    where = f"to analyse experiment '{exp.name}'"
+    out = []
+    for name in (TABLE_EXPERIMENT_ASSIGNMENTS, TABLE_USER_INDEX):
+        path = cfg.table_path(name)
+        if not tables.exists(spark, path):
+            raise catalog.MissingInputError(
+                f"evaluate needs the '{name}' table ({path}) {where}; run the "
+                f"{catalog.written_by(name)} stage with the experiment enabled first"
+            )
+        out.append(tables.read(spark, path))
+    recs = catalog.read_input(
+        spark, cfg.table_path(TABLE_EVAL_RECS), TABLE_EVAL_RECS, run_date, reader="evaluate"
+    )
+    if recs.where(F.col(COL_MODEL) == experiments.PUBLISHED_MODEL).isEmpty():
+        raise catalog.MissingInputError(
+            f"evaluate needs the '{experiments.PUBLISHED_MODEL}' lists of run_date {run_date} in "
+            f"'{TABLE_EVAL_RECS}' {where}; run the recommend stage with the experiment enabled first"
+        )
+    return out[0], out[1]
+
+
+def _write_experiment(
+    spark: SparkSession,
+    results: pd.DataFrame,
+    exp: ExperimentConfig,
+    path: str,
+    k: int,
+    run_date: dt.date,
+    run_id: str,
+) -> dict[str, Any]:
+    """Replace the run date's ``experiment_results``, log to MLflow and the log; the summary entries."""
+    out = spark.createDataFrame(experiments.results_rows(results, exp, k), experiments.RESULTS_SCHEMA).select(
+        "*", F.lit(run_id).alias(COL_RUN_ID), F.lit(run_date).alias(COL_RUN_DATE)
+    )
+    tables.overwrite_run_date(out, path, run_date, f"evaluate run_id={run_id} experiment={exp.name}")
+    tracking.log_metrics(experiments.mlflow_metrics(results))
+    text = experiments.format_results(results)
+    tracking.log_text(text, "experiment.txt")
+    verdicts = experiments.verdicts(results)
+    log.info("experiment %s (run_date %s, K=%d):\n%s", exp.name, run_date, k, text)
+    for variant, verdict in verdicts.items():
+        log.info(
+            "experiment %s: %s against %s on %s: %s", exp.name, variant, exp.control, exp.metric, verdict
+        )
+    srm_p = float(results["srm_p"].iloc[0]) if len(results) else float("nan")
+    return {
+        "experiment": {
+            "name": exp.name,
+            "metric": exp.metric,
+            "verdicts": verdicts,
+            "srm_p": None if srm_p != srm_p else round(srm_p, 4),
+        },
+        "notes": [f"experiment {exp.name}: {v}: {d}" for v, d in verdicts.items()],
+    }
+
+
+def _clear_experiment_results(spark: SparkSession, path: str, run_date: dt.date, run_id: str) -> bool:
+    """Empty the run date's ``experiment_results`` partition when an earlier run (with an experiment) left
+    rows there; True when it did. No table, or no rows: nothing is written."""
+    if not tables.exists(spark, path):
+        return False
+    stale = tables.read_run_date(spark, path, run_date)
+    if stale.isEmpty():
+        return False
+    note = f"evaluate run_id={run_id}: no experiment enabled, results of {run_date} cleared"
+    tables.overwrite_run_date(stale.where(F.lit(False)), path, run_date, note)
+    return True
 
 
 def _scored_on_driver(

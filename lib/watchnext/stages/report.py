@@ -2,10 +2,12 @@
 
 Reads the run date's ``evaluation``, ``eval_recommendations``, ``recommendations``, ``interactions``,
 ``items`` and ``clusters`` (whichever exist: a missing one leaves its section saying which stage
-writes it) and the stage runs tagged with the run date from MLflow, reduces them to small aggregates
-(``watchnext.report.data``) and renders one self-contained page (``watchnext.report.html``). The page
-goes to ``<report.out_dir>/report-<run_date>.html`` and to the stage's MLflow run as
-``report/report.html``. Last of ``pipeline.stages``, so ``watchnext run`` (and ``make run``) ends with it.
+writes it), ``experiment_results`` (an "Experiments" section when the run had an experiment; none
+otherwise, as experiments are optional) and the stage runs tagged with the run date from MLflow,
+reduces them to small aggregates (``watchnext.report.data``) and renders one self-contained page
+(``watchnext.report.html``). The page goes to ``<report.out_dir>/report-<run_date>.html`` and to the
+stage's MLflow run as ``report/report.html``. Last of ``pipeline.stages``, so ``watchnext run`` (and
+``make run``) ends with it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from watchnext.constants import (
     TABLE_CLUSTERS,
     TABLE_EVAL_RECS,
     TABLE_EVALUATION,
+    TABLE_EXPERIMENT_RESULTS,
     TABLE_INTERACTIONS,
     TABLE_ITEMS,
     TABLE_RECOMMENDATIONS,
@@ -141,12 +144,24 @@ def collect(spark: SparkSession, cfg: Config, run_date: dt.date) -> html.ReportD
     else:
         missing["samples"] = missing[TABLE_RECOMMENDATIONS]
     out.update(_mlflow(cfg, run_date, missing))
+    out.update(_experiments(spark, cfg.table_path(TABLE_EXPERIMENT_RESULTS), run_date))
     if cfg.report.scale_results:
         out.update(_scale(cfg.report.scale_results, missing))
     protocol = f"{ev.split} split, train ratio {ev.ratio}, seed {ev.seed}"
     return html.ReportData(
         run_date=run_date, k=ev.k, protocol=protocol, env=cfg.env, domain=words, missing=missing, **out
     )
+
+
+def _experiments(spark: SparkSession, path: str, run_date: dt.date) -> dict[str, Any]:
+    """The run date's experiment results, when there are any; nothing (no section, nothing missing)
+    without: most runs have no experiment."""
+    if not tables.exists(spark, path):
+        return {}
+    results = tables.read_run_date(spark, path, run_date)
+    if results.isEmpty():
+        return {}
+    return {"experiments": report_data.experiment_results(results)}
 
 
 def _scale(path: str, missing: dict[str, str]) -> dict[str, Any]:

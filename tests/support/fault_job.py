@@ -40,10 +40,14 @@ def main(argv: list[str]) -> int:
     os.makedirs(marker_dir, exist_ok=True)
     real = tables.overwrite_partition
 
-    def flaky(df, path, values, commit_note=None):  # type: ignore[no-untyped-def]
+    def flaky(df, path, values, commit_note=None, **kwargs):  # type: ignore[no-untyped-def]
         label = path.rstrip("/").rsplit("/", 1)[-1]
         return real(
-            df.mapInArrow(_fail_first_attempt(marker_dir, label), df.schema), path, values, commit_note
+            df.mapInArrow(_fail_first_attempt(marker_dir, label), df.schema),
+            path,
+            values,
+            commit_note,
+            **kwargs,
         )
 
     tables.overwrite_partition = flaky

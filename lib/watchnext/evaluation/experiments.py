@@ -45,7 +45,7 @@ from watchnext.constants import (
 )
 from watchnext.evaluation.metrics import ranking_metrics_per_user
 from watchnext.experiments.analysis import NOT_PRIMARY, OUTPUT_COLUMNS, analyse
-from watchnext.experiments.assignment import assign, served_variants
+from watchnext.experiments.assignment import served_today
 from watchnext.experiments.spec import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ def served_test_users(
         .join(user_index.select(col_user_idx, col_user), col_user_idx)
         .select(col_user_idx, F.col(col_user).cast("string").alias(col_user))
     )
-    recorded = assignments.where(F.col(COL_EXPERIMENT) == F.lit(exp.name))
-    served = served_variants(recorded, assign(users, exp, col_user=col_user), col_user=col_user)
+    served = served_today(users, exp, assignments, col_user=col_user)
     return users.join(served.select(col_user, COL_VARIANT), col_user).select(
         col_user_idx, col_user, COL_VARIANT
     )

@@ -189,3 +189,16 @@ def served_variants(assignments: DataFrame, fresh: DataFrame, *, col_user: str =
     joined = fresh.join(recorded, [COL_EXPERIMENT, col_user], "left")
     served = F.when(F.col(COL_IN_TRAFFIC), F.coalesce(F.col("_recorded"), F.col(COL_VARIANT)))
     return joined.select(COL_EXPERIMENT, col_user, served.cast("string").alias(COL_VARIANT))
+
+
+def served_today(
+    users: DataFrame, exp: ExperimentConfig, assignments: DataFrame | None, *, col_user: str = COL_USER
+) -> DataFrame:
+    """:func:`served_variants` of ``users`` (a ``col_user`` column) against the ``experiment_assignments``
+    rows of ``exp`` (``None``: nothing recorded yet, the hash variants): experiment, ``col_user``,
+    variant (null outside the traffic). What the recommend stage serves and the evaluate stage scores."""
+    fresh = assign(users, exp, col_user=col_user)
+    if assignments is None:
+        assignments = fresh.limit(0).select(COL_EXPERIMENT, col_user, COL_VARIANT)
+    recorded = assignments.where(F.col(COL_EXPERIMENT) == F.lit(exp.name))
+    return served_variants(recorded, fresh, col_user=col_user)

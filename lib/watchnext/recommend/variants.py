@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from watchnext.config import Config
 from watchnext.constants import COL_EXPERIMENT, COL_USER, COL_USER_IDX, COL_VARIANT
-from watchnext.experiments.assignment import assign, new_assignments, served_variants
+from watchnext.experiments.assignment import assign, new_assignments, served_today
 from watchnext.experiments.spec import ExperimentConfig, resolve_variant
 
 
@@ -103,10 +103,7 @@ def served_users(users: DataFrame, exp: ExperimentConfig | None, assignments: Da
             F.lit(None).cast("string").alias(COL_EXPERIMENT),
             F.lit(None).cast("string").alias(COL_VARIANT),
         )
-    fresh = assign(users.select(COL_USER), exp)
-    if assignments is None:  # nothing recorded yet: the hash variants
-        assignments = fresh.limit(0).select(COL_EXPERIMENT, COL_USER, COL_VARIANT)
-    served = served_variants(assignments.where(F.col(COL_EXPERIMENT) == exp.name), fresh)
+    served = served_today(users.select(COL_USER), exp, assignments)
     return (
         users.select(COL_USER, COL_USER_IDX)
         .join(served, COL_USER, "left")
